@@ -1,0 +1,476 @@
+"""Typed configuration: dataclasses validated at load time, YAML presets shipped in the package.
+
+``load_config("nyud-vitl", {"train.lr": 2e-5})`` returns a :class:`Config`; every unknown key, wrong type or bad
+value raises :class:`ConfigError` naming the dotted key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from .tasks import DATASETS, TASKS
+
+__all__ = [
+    "Config", "ModelConfig", "BackboneConfig", "ScanConfig", "DataConfig", "TrainConfig", "EvalConfig",
+    "ConfigError", "load_config", "preset_names", "config_to_dict", "parse_override",
+]  # fmt: skip
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, has the wrong type or a value that is not allowed."""
+
+
+def _check(cond: bool, key: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+@dataclass
+class BackboneConfig:
+    """The image encoder (a timm model).
+
+    Attributes:
+        name: timm model name. Plain ViTs (``vit_*``) are tapped through ``forward_intermediates``;
+            hierarchical models (ConvNeXt, EfficientNet, Swin, ...) through ``features_only``.
+        pretrained: load timm's pretrained weights (Hugging Face hub; honours ``HF_HUB_OFFLINE``).
+        weights: a local weights file (.safetensors, .pth, .pt, .bin) used instead of the hub.
+        taps: which blocks (ViT, 0-based) or feature levels (hierarchical) feed the four PAME stages.
+            Paper: blocks 6, 12, 18, 24 (1-based), i.e. ``[5, 11, 17, 23]``.
+        norm_last: apply the ViT's final LayerNorm to the last tap (paper: yes).
+        drop_path: stochastic depth rate of the backbone.
+        patch_size: token stride of the backbone grid (16 for ViT-*/16; hierarchical taps are resampled to
+            the grid of this stride).
+    """
+
+    name: str = "vit_large_patch16_384"
+    pretrained: bool = True
+    weights: str | None = None
+    taps: list[int] = field(default_factory=lambda: [5, 11, 17, 23])
+    norm_last: bool = True
+    drop_path: float = 0.15
+    patch_size: int = 16
+
+    def validate(self, key: str) -> None:
+        _check(len(self.taps) >= 1, f"{key}.taps", "needs at least one tap")
+        _check(all(t >= 0 for t in self.taps), f"{key}.taps", f"indices must be >= 0, got {self.taps}")
+        _check(list(self.taps) == sorted(set(self.taps)), f"{key}.taps", f"must be increasing, got {self.taps}")
+        _check(0.0 <= self.drop_path < 1.0, f"{key}.drop_path", f"must be in [0, 1), got {self.drop_path}")
+        _check(self.patch_size in (4, 8, 14, 16, 32), f"{key}.patch_size",
+               f"must be one of 4, 8, 14, 16, 32, got {self.patch_size}")
+
+
+@dataclass
+class ScanConfig:
+    """How the selective scan walks the token grid.
+
+    Attributes:
+        kind: ``hilbert`` (paper), ``zorder``, ``snake`` or ``raster``.
+        directions: 1, 2 or 4 rotations of the curve; their outputs are summed.
+        backend: selective-scan backend: ``auto``, ``triton``, ``chunked`` or ``reference``.
+    """
+
+    kind: str = "hilbert"
+    directions: int = 4
+    backend: str = "auto"
+
+    def validate(self, key: str) -> None:
+        from .ops import SCAN_KINDS
+
+        _check(self.kind in SCAN_KINDS, f"{key}.kind", f"must be one of {list(SCAN_KINDS)}, got {self.kind!r}")
+        _check(self.directions in (1, 2, 4), f"{key}.directions", f"must be 1, 2 or 4, got {self.directions}")
+        allowed = ("auto", "triton", "chunked", "reference")
+        _check(self.backend in allowed, f"{key}.backend", f"must be one of {list(allowed)}, got {self.backend!r}")
+
+
+@dataclass
+class ModelConfig:
+    """The PAMM model (notes §1). Defaults are the paper's NYUD-v2 settings.
+
+    Attributes:
+        decoder: ``pamm`` (PAME stages) or ``shared`` (the multi-task baseline: shared first conv, task convs,
+            stage fusion and heads, no selective scan).
+        dim: decoder width d; the scan runs on ``expand * dim`` channels per task.
+        d_state: SSM state size N.
+        dt_rank: rank of the Δ projection; 0 means ``ceil(dim / 16)``.
+        experts: B and C from the dual parameter experts (False: plain per-task 1x1 projections).
+        num_experts, expert_rank, top_k, expert_kernel: the shared low-rank experts of B and C (released code:
+            15 experts of rank 4, top 9, 9x9 kernels).
+        router_noise: noisy top-k routing in training.
+        priors: learnable per-task prior vectors added to B and C.
+        x_experts: route the x branch through its own experts (the released code computes and discards them;
+            off reproduces its effective behaviour). x_expert_rank / x_expert_kernel configure them.
+        general_detach: the shared full projection of B/C sees x detached (as the released code).
+        scan: scan order settings.
+        fused: run the fused execution (stacked expert convs, batched tasks, one scan launch per stage); False
+            runs the plain per-task, per-expert, per-direction formulation (same function, slower).
+        checkpoint_backbone, checkpoint_stages: activation checkpointing (recompute in backward).
+        channels_last: keep decoder activations channels-last (faster convolutions on GPUs).
+    """
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    decoder: str = "pamm"
+    dim: int = 768
+    expand: int = 2
+    d_state: int = 16
+    dt_rank: int = 0
+    experts: bool = True
+    num_experts: int = 15
+    expert_rank: int = 4
+    top_k: int = 9
+    expert_kernel: int = 9
+    router_noise: bool = True
+    priors: bool = True
+    x_experts: bool = False
+    x_expert_rank: int = 16
+    x_expert_kernel: int = 3
+    general_detach: bool = True
+    scan: ScanConfig = field(default_factory=ScanConfig)
+    fused: bool = True
+    checkpoint_backbone: bool = False
+    checkpoint_stages: bool = False
+    channels_last: bool = True
+
+    def validate(self, key: str) -> None:
+        _check(self.decoder in ("pamm", "shared"), f"{key}.decoder",
+               f"must be 'pamm' or 'shared', got {self.decoder!r}")
+        _check(self.dim > 0 and self.dim % 32 == 0, f"{key}.dim",
+               f"must be a positive multiple of 32 (GroupNorm(32)), got {self.dim}")
+        _check(self.expand >= 1, f"{key}.expand", f"must be >= 1, got {self.expand}")
+        _check((self.expand * self.dim) % 4 == 0, f"{key}.expand", "expand * dim must be divisible by 4")
+        _check(self.d_state >= 1, f"{key}.d_state", f"must be >= 1, got {self.d_state}")
+        _check(self.dt_rank >= 0, f"{key}.dt_rank", f"must be >= 0 (0 = auto), got {self.dt_rank}")
+        _check(self.num_experts >= 1, f"{key}.num_experts", f"must be >= 1, got {self.num_experts}")
+        _check(1 <= self.top_k <= self.num_experts, f"{key}.top_k",
+               f"must be in [1, num_experts={self.num_experts}], got {self.top_k}")
+        _check(self.expert_rank >= 1, f"{key}.expert_rank", f"must be >= 1, got {self.expert_rank}")
+        for name in ("expert_kernel", "x_expert_kernel"):
+            k = getattr(self, name)
+            _check(k >= 1 and k % 2 == 1, f"{key}.{name}", f"must be a positive odd number, got {k}")
+        _check(self.x_expert_rank >= 1, f"{key}.x_expert_rank", f"must be >= 1, got {self.x_expert_rank}")
+        self.backbone.validate(f"{key}.backbone")
+        self.scan.validate(f"{key}.scan")
+
+    @property
+    def resolved_dt_rank(self) -> int:
+        return self.dt_rank or math.ceil(self.dim / 16)
+
+
+@dataclass
+class DataConfig:
+    """Dataset and input sizes.
+
+    Attributes:
+        dataset: ``nyud`` or ``pascal`` (ATRC layouts).
+        root: dataset folder (``.../NYUDv2`` or ``.../PASCALContext``).
+        tasks: tasks to learn; empty means every task of the dataset.
+        train_size: training crop (H, W); sets the token grid the model is built for.
+        test_size: evaluation pad size (H, W); images are padded (never resized) to at least this size and to
+            a multiple of the patch size.
+        workers: DataLoader worker processes.
+    """
+
+    dataset: str = "nyud"
+    root: str = "data/NYUDv2"
+    tasks: list[str] = field(default_factory=list)
+    train_size: list[int] = field(default_factory=lambda: [448, 576])
+    test_size: list[int] = field(default_factory=lambda: [448, 576])
+    workers: int = 4
+
+    def validate(self, key: str) -> None:
+        _check(self.dataset in DATASETS, f"{key}.dataset", f"must be one of {sorted(DATASETS)}, got {self.dataset!r}")
+        known = DATASETS[self.dataset].tasks
+        for t in self.tasks:
+            _check(t in known, f"{key}.tasks", f"{t!r} is not a task of {self.dataset}; allowed: {list(known)}")
+        _check(len(set(self.tasks)) == len(self.tasks), f"{key}.tasks", f"duplicate task in {self.tasks}")
+        for name in ("train_size", "test_size"):
+            v = getattr(self, name)
+            _check(len(v) == 2 and all(s > 0 for s in v), f"{key}.{name}", f"must be [height, width] > 0, got {v}")
+        _check(self.workers >= 0, f"{key}.workers", f"must be >= 0, got {self.workers}")
+
+    @property
+    def task_list(self) -> list[str]:
+        """The tasks in the dataset's canonical order."""
+        spec = DATASETS[self.dataset]
+        return [t for t in spec.tasks if not self.tasks or t in self.tasks]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (notes §3). Defaults are the paper's NYUD-v2 recipe.
+
+    Attributes:
+        iterations: optimizer steps.
+        batch_size: images per process and step.
+        optimizer: ``adam`` or ``adamw``.
+        lr, weight_decay: optimizer settings.
+        poly_power: the learning rate follows ``lr * (1 - step / iterations) ** poly_power``.
+        warmup_iters: linear warm-up steps (0 in the paper).
+        grad_clip: max global gradient norm (0 disables).
+        loss_weights: per-task loss weights.
+        load_balancing: weight of the routers' CV² load-balancing loss.
+        amp: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``bf16``, ``fp16`` or ``off``.
+        seed: base seed for weights, data order, augmentation and router noise.
+        deterministic: deterministic algorithms (bitwise-reproducible resumes on CPU).
+        eval_every, checkpoint_every, log_every: in steps (0 disables periodic evaluation).
+        max_nonfinite_steps: skipped steps with a non-finite loss or gradient before training stops.
+        compile: ``torch.compile`` the decoder (GPU; compile time is minutes).
+    """
+
+    iterations: int = 40000
+    batch_size: int = 6
+    optimizer: str = "adam"
+    lr: float = 1e-5
+    weight_decay: float = 1e-6
+    poly_power: float = 0.9
+    warmup_iters: int = 0
+    grad_clip: float = 10.0
+    loss_weights: dict[str, float] = field(default_factory=lambda: {
+        "semseg": 1.0, "depth": 1.0, "normals": 10.0, "edge": 50.0})
+    load_balancing: float = 5e-4
+    amp: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    eval_every: int = 5000
+    checkpoint_every: int = 1000
+    log_every: int = 20
+    max_nonfinite_steps: int = 10
+    compile: bool = False
+
+    def validate(self, key: str) -> None:
+        _check(self.iterations >= 1, f"{key}.iterations", f"must be >= 1, got {self.iterations}")
+        _check(self.batch_size >= 1, f"{key}.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.optimizer in ("adam", "adamw"), f"{key}.optimizer",
+               f"must be 'adam' or 'adamw', got {self.optimizer!r}")
+        _check(self.lr > 0, f"{key}.lr", f"must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, f"{key}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(self.poly_power >= 0, f"{key}.poly_power", f"must be >= 0, got {self.poly_power}")
+        _check(0 <= self.warmup_iters < self.iterations, f"{key}.warmup_iters",
+               f"must be in [0, iterations), got {self.warmup_iters}")
+        _check(self.grad_clip >= 0, f"{key}.grad_clip", f"must be >= 0, got {self.grad_clip}")
+        for t, w in self.loss_weights.items():
+            _check(t in TASKS, f"{key}.loss_weights", f"unknown task {t!r}; allowed: {sorted(TASKS)}")
+            _check(w >= 0, f"{key}.loss_weights.{t}", f"must be >= 0, got {w}")
+        _check(self.load_balancing >= 0, f"{key}.load_balancing", f"must be >= 0, got {self.load_balancing}")
+        _check(self.amp in ("auto", "bf16", "fp16", "off"), f"{key}.amp",
+               f"must be one of 'auto', 'bf16', 'fp16', 'off', got {self.amp!r}")
+        for name in ("eval_every", "checkpoint_every", "log_every", "max_nonfinite_steps"):
+            _check(getattr(self, name) >= 0, f"{key}.{name}", f"must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation settings.
+
+    Attributes:
+        batch_size: images per process and step (images are padded to one size).
+        edge: compute the boundary metrics (SEISM odsF/oisF/AP; the slowest metric).
+        edge_workers: processes for the boundary matching (0 = in the main process).
+        sal_double_sigmoid: reproduce the inherited double-sigmoid maxF of the released code.
+        single_task: reference single-task metrics for the multi-task gain Δm (task -> value of its main
+            metric); empty disables Δm.
+    """
+
+    batch_size: int = 1
+    edge: bool = True
+    edge_workers: int = 0
+    sal_double_sigmoid: bool = False
+    single_task: dict[str, float] = field(default_factory=dict)
+
+    def validate(self, key: str) -> None:
+        _check(self.batch_size >= 1, f"{key}.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.edge_workers >= 0, f"{key}.edge_workers", f"must be >= 0, got {self.edge_workers}")
+        for t in self.single_task:
+            _check(t in TASKS, f"{key}.single_task", f"unknown task {t!r}; allowed: {sorted(TASKS)}")
+
+
+@dataclass
+class Config:
+    """A whole experiment: model, data, training and evaluation."""
+
+    name: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> Config:
+        self.model.validate("model")
+        self.data.validate("data")
+        self.train.validate("train")
+        self.eval.validate("eval")
+        tasks = self.data.task_list
+        for t in tasks:
+            _check(t in self.train.loss_weights, "train.loss_weights", f"no weight for task {t!r}")
+        stride = self.model.backbone.patch_size
+        _check(all(s % stride == 0 for s in self.data.train_size), "data.train_size",
+               f"must be a multiple of the backbone patch size {stride}, got {self.data.train_size}")
+        return self
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Token grid (H, W) of the training size."""
+        s = self.model.backbone.patch_size
+        return self.data.train_size[0] // s, self.data.train_size[1] // s
+
+
+# ----------------------------------------------------------------------------------------------------------
+# dict <-> dataclass
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (after string evaluation) and convert where lossless."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"config key '{key}': expected {' or '.join(_type_name(a) for a in args)}, "
+                          f"got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _from_dict(tp, value, key)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list of {_type_name(item)}, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        kt, vt = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} at {key}")
+
+
+def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            raise ConfigError(f"unknown config key '{key}'; allowed keys here: {sorted(names)}")
+        kwargs[k] = _coerce(v, hints[k], key)
+    return cls(**kwargs)
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """Plain-dict (YAML-ready) form of a config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse a command-line override ``dotted.key=value`` (value in YAML syntax)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like dotted.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from None
+    return key.strip(), value
+
+
+def _apply_override(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for i, p in enumerate(parts[:-1]):
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override '{key}': '{'.'.join(parts[: i + 1])}' is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+PRESET_DIR = "presets"
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in the package."""
+    files = resources.files("pamm").joinpath(PRESET_DIR).iterdir()
+    return sorted(f.name[:-5] for f in files if f.name.endswith(".yaml"))
+
+
+def _read_yaml(path: Path | Any, label: str) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{label}: not valid YAML ({e})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Load a preset by name (see :func:`preset_names`) or a YAML file, apply ``{"dotted.key": value}``
+    overrides and validate.
+
+    A YAML file may start from a preset with ``base: <preset name>``.
+    """
+    src = str(name_or_path)
+    if src in preset_names():
+        data = _read_yaml(resources.files("pamm").joinpath(PRESET_DIR, f"{src}.yaml"), f"preset {src!r}")
+    else:
+        path = Path(src)
+        if not path.is_file():
+            raise ConfigError(f"no preset or config file named {src!r}; presets: {preset_names()}")
+        data = _read_yaml(path, str(path))
+    seen = set()
+    while "base" in data:
+        base = data.pop("base")
+        if base not in preset_names() or base in seen:
+            raise ConfigError(f"config key 'base': must name a preset {preset_names()} (no cycles), got {base!r}")
+        seen.add(base)
+        data = _merge(_read_yaml(resources.files("pamm").joinpath(PRESET_DIR, f"{base}.yaml"), base), data)
+    for k, v in (overrides or {}).items():
+        _apply_override(data, k, v)
+    return _from_dict(Config, data).validate()

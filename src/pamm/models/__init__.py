@@ -1,0 +1,13 @@
+"""PAMM and its parts, named after the paper's concepts."""
+
+from .backbone import Backbone, BackboneWeightsError, HierarchicalBackbone, ViTBackbone, build_backbone
+from .experts import DualParameterExperts, ParameterExperts, TaskRouters, noisy_top_k
+from .heads import StageFusion, TaskHead
+from .pame import PAMEStage, TaskPrior
+from .pamm import PAMM, ModelMeta, build_model
+
+__all__ = [
+    "PAMM", "ModelMeta", "build_model", "PAMEStage", "TaskPrior", "ParameterExperts", "DualParameterExperts",
+    "TaskRouters", "noisy_top_k", "StageFusion", "TaskHead", "Backbone", "ViTBackbone", "HierarchicalBackbone",
+    "build_backbone", "BackboneWeightsError",
+]  # fmt: skip

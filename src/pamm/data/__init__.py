@@ -1,0 +1,44 @@
+"""Datasets (NYUD-v2, PASCAL-Context) in their real layouts, PAMM's transforms, and dataset validation."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from pamm.data.check import Problem, check_dataset
+from pamm.data.dataset import MultiTaskDataset, Transform, collate
+from pamm.data.io import DatasetError
+from pamm.data.nyud import NYUDv2
+from pamm.data.pascal import PascalContext
+from pamm.data.transforms import build_transforms
+
+DATASET_CLASSES: dict[str, type[MultiTaskDataset]] = {"nyud": NYUDv2, "pascal": PascalContext}
+
+
+def build_dataset(
+    name: str,
+    root: str | os.PathLike,
+    split: str,
+    tasks: Sequence[str] | None = None,
+    transform: Transform | None = None,
+    seed: int = 0,
+) -> MultiTaskDataset:
+    """Instantiate dataset ``name`` (``"nyud"`` or ``"pascal"``); see :class:`MultiTaskDataset` for the rest."""
+    if name not in DATASET_CLASSES:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASET_CLASSES)}")
+    return DATASET_CLASSES[name](root, split=split, tasks=tasks, transform=transform, seed=seed)
+
+
+__all__ = [
+    "DATASET_CLASSES",
+    "DatasetError",
+    "MultiTaskDataset",
+    "NYUDv2",
+    "PascalContext",
+    "Problem",
+    "Transform",
+    "build_dataset",
+    "build_transforms",
+    "check_dataset",
+    "collate",
+]

@@ -36,6 +36,11 @@ def tiny_config(preset: str = "nyud-vitl", **overrides):
     return pamm.load_config(preset, ov)
 
 
+# One intra-op thread per test process: the suite runs as parallel pytest-xdist workers (`pytest -n 2`), and
+# small CPU kernels gain nothing from more threads.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -21,7 +21,8 @@ from .tasks import DATASETS, TASKS
 
 __all__ = [
     "Config", "ModelConfig", "BackboneConfig", "ScanConfig", "DataConfig", "TrainConfig", "EvalConfig",
-    "ConfigError", "load_config", "preset_names", "config_to_dict", "parse_override",
+    "ConfigError", "load_config", "preset_names", "config_to_dict", "config_from_dict", "override_config",
+    "parse_override",
 ]  # fmt: skip
 
 
@@ -390,6 +391,19 @@ def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
             raise ConfigError(f"unknown config key '{key}'; allowed keys here: {sorted(names)}")
         kwargs[k] = _coerce(v, hints[k], key)
     return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> Config:
+    """Build and validate a :class:`Config` from its plain-dict form (e.g. a stored config)."""
+    return _from_dict(Config, data).validate()
+
+
+def override_config(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """A validated copy of ``cfg`` with ``{"dotted.key": value}`` overrides applied."""
+    data = config_to_dict(cfg)
+    for k, v in overrides.items():
+        _apply_override(data, k, v)
+    return config_from_dict(data)
 
 
 def config_to_dict(cfg: Any) -> dict:

@@ -79,7 +79,7 @@ class ViTBackbone(Backbone):
 
         self.model = timm.create_model(
             cfg.name, pretrained=False, num_classes=0, global_pool="", class_token=False,
-            img_size=tuple(img_size), drop_path_rate=cfg.drop_path, dynamic_img_size=True,
+            img_size=tuple(img_size), patch_size=cfg.patch_size, drop_path_rate=cfg.drop_path, dynamic_img_size=True,
         )
         depth = len(self.model.blocks)
         if cfg.taps[-1] >= depth:
@@ -87,9 +87,6 @@ class ViTBackbone(Backbone):
         self.taps = list(cfg.taps)
         self.norm_last = cfg.norm_last and cfg.taps[-1] == depth - 1
         self.stride = self.model.patch_embed.patch_size[0]
-        if self.stride != cfg.patch_size:
-            raise ValueError(f"config key 'model.backbone.patch_size': {cfg.name} has patch size {self.stride}, "
-                             f"got {cfg.patch_size}")
         self.out_channels = [self.model.embed_dim] * len(self.taps)
         self.grad_checkpointing = False
 

@@ -1,0 +1,42 @@
+# The two set-up commands of the README: `make demo` and `make test`. Both create .venv and install into it
+# when needed (Python >= 3.10; CPU is enough).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+
+# The demo job on the embedded dataset (override for a quicker run, e.g. `make demo DEMO_SET="train.iterations=50"`).
+DEMO_DATA ?= data/demo
+DEMO_RUN ?= runs/demo
+DEMO_TRAIN ?= 240
+DEMO_VAL ?= 60
+DEMO_SIZE ?= 96x128
+DEMO_SET ?=
+
+.PHONY: demo test install lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m pamm data synth --out $(DEMO_DATA) --layout nyud --train $(DEMO_TRAIN) --val $(DEMO_VAL) \
+		--size $(DEMO_SIZE) --seed 0 --overwrite --preview $(DEMO_RUN)/dataset-preview.png
+	$(PY) -m pamm train --config demo --out $(DEMO_RUN) --set data.root=$(DEMO_DATA)/NYUDv2 \
+		$(foreach s,$(DEMO_SET),--set $(s)) $(if $(wildcard $(DEMO_RUN)/checkpoints/step-*),--resume,)
+	$(PY) -m pamm evaluate --run $(DEMO_RUN) --baselines
+	$(PY) -m pamm predict --checkpoint $(DEMO_RUN)/checkpoints/best.safetensors --out $(DEMO_RUN)/predictions \
+		$(wordlist 1,4,$(sort $(wildcard $(DEMO_DATA)/NYUDv2/images/*.png)))
+	@echo "demo finished: $(DEMO_RUN)/metrics.json, $(DEMO_RUN)/predictions/, TensorBoard: tensorboard --logdir $(DEMO_RUN)"
+
+test: install
+	$(PY) -m pytest -q -n 2
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs data/demo .pytest_cache

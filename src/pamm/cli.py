@@ -1,0 +1,247 @@
+"""The ``pamm`` command: ``data``, ``train``, ``evaluate``, ``predict``, ``convert-official``, ``config``.
+
+Every error a user can cause (bad config key, missing dataset file, damaged checkpoint, ...) is printed as one
+clear line and exits with status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH like 96x128, got {text!r}") from None
+    if h <= 0 or w <= 0:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return h, w
+
+
+def _load_cfg(config: str, sets: list[str]):
+    from .config import load_config, parse_override
+
+    return load_config(config, dict(parse_override(s) for s in sets or []))
+
+
+# ---- data ------------------------------------------------------------------------------------------------
+
+
+def cmd_data_synth(args) -> int:
+    from .data.synth import synthesize
+
+    summary = synthesize(Path(args.out), layout=args.layout, n_train=args.train, n_val=args.val, size=args.size,
+                         seed=args.seed, preview=Path(args.preview) if args.preview else None,
+                         overwrite=args.overwrite, progress=not args.quiet)
+    print(f"wrote {summary.get('n_train', args.train)} train + {summary.get('n_val', args.val)} val images "
+          f"({args.layout} layout) to {summary.get('root', args.out)}")
+    return 0
+
+
+def cmd_data_check(args) -> int:
+    from .data import check_dataset
+
+    problems = check_dataset(args.dataset, args.root)
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"{len(problems)} problem(s) found in {args.root}", file=sys.stderr)
+        return 1
+    print(f"{args.root}: no problems found")
+    return 0
+
+
+# ---- train / evaluate ------------------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    from .engine.trainer import Trainer
+
+    cfg = _load_cfg(args.config, args.set)
+    trainer = Trainer(cfg, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
+    metrics = trainer.fit()
+    if trainer.dist.is_main:
+        from .engine.evaluator import format_table
+
+        print(format_table(metrics, cfg.data.task_list))
+    from .engine.distributed import shutdown_distributed
+
+    shutdown_distributed()
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from .engine.checkpoint import load_model, read_checkpoint_config
+    from .engine.evaluator import compute_baselines, evaluate, format_table, write_metrics
+    from .engine.trainer import autocast_dtype
+
+    if args.run:
+        run = Path(args.run)
+        ckpt = run / "checkpoints" / "best.safetensors"
+        if not ckpt.exists():
+            from .engine.trainer import find_resume_checkpoint
+
+            found = find_resume_checkpoint(run)
+            if found is None:
+                raise FileNotFoundError(f"no checkpoint in {run / 'checkpoints'}")
+            ckpt = found[0]
+        out = Path(args.out) if args.out else run / "metrics.json"
+    else:
+        ckpt = Path(args.checkpoint)
+        out = Path(args.out) if args.out else ckpt.with_name(ckpt.stem + ".metrics.json")
+    cfg = _load_cfg(args.config, args.set) if args.config else read_checkpoint_config(ckpt)
+    if args.config is None and args.set:
+        from .config import override_config, parse_override
+
+        cfg = override_config(cfg, dict(parse_override(s) for s in args.set))
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, cfg = load_model(ckpt, device=device, cfg=cfg)
+    metrics = evaluate(model, cfg, device=device, progress=not args.quiet, split=args.split,
+                       amp_dtype=autocast_dtype(cfg.train.amp, device), max_images=args.max_images)
+    extra = {"checkpoint": str(ckpt), "split": args.split}
+    if args.baselines:
+        metrics["baselines"] = compute_baselines(cfg, split=args.split, max_images=args.max_images)
+    write_metrics(out, metrics, cfg, extra=extra)
+    print(format_table(metrics, cfg.data.task_list))
+    print(f"wrote {out}")
+    return 0
+
+
+# ---- predict / convert -----------------------------------------------------------------------------------
+
+
+def cmd_predict(args) -> int:
+    from .engine.predictor import PredictionFailed, predict
+
+    try:
+        written = predict(Path(args.checkpoint), [Path(p) for p in args.images], Path(args.out), device=args.device,
+                          resize=args.resize, max_pixels=args.max_pixels)
+    except PredictionFailed as e:
+        for path, message in e.failures:
+            print(f"pamm predict: error: {path}: {message}", file=sys.stderr)
+        print(f"wrote {len(e.written)} file(s) to {args.out}; {len(e.failures)} image(s) failed", file=sys.stderr)
+        return 1
+    print(f"wrote {len(written)} file(s) to {args.out}")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .convert import convert_official
+
+    report = convert_official(Path(args.src), Path(args.dst), preset=args.preset, x_experts=args.x_experts)
+    print(report)
+    return 0
+
+
+def cmd_config(args) -> int:
+    import yaml
+
+    from .config import config_to_dict, preset_names
+
+    if args.name is None:
+        print("presets: " + ", ".join(preset_names()))
+        return 0
+    print(yaml.safe_dump(config_to_dict(_load_cfg(args.name, args.set)), sort_keys=False), end="")
+    return 0
+
+
+# ---- parser ----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pamm", description="PAMM: multi-task dense prediction with parameter-aware "
+                                "Mamba experts (arXiv 2511.14503).")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="render the embedded dataset or check a dataset folder")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    s = dsub.add_parser("synth", help="render procedural indoor scenes in the real NYUD / PASCAL layouts")
+    s.add_argument("--out", required=True, help="output folder (the dataset root is created inside it)")
+    s.add_argument("--layout", choices=["nyud", "pascal"], default="nyud")
+    s.add_argument("--train", type=int, default=200, help="training images")
+    s.add_argument("--val", type=int, default=50, help="validation images")
+    s.add_argument("--size", type=_size, default=(96, 128), help="image size HxW (default 96x128)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--preview", help="also write a contact sheet PNG (images with every ground-truth map)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing synthetic dataset")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_data_synth)
+    c = dsub.add_parser("check", help="validate a dataset folder and list every problem")
+    c.add_argument("--dataset", choices=["nyud", "pascal"], required=True)
+    c.add_argument("--root", required=True)
+    c.set_defaults(func=cmd_data_check)
+
+    t = sub.add_parser("train", help="train a preset or YAML config (torchrun -m pamm train ... for DDP)")
+    t.add_argument("--config", required=True, help="preset name (nyud-vitl, pascal-vitl, demo) or YAML file")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    t.add_argument("--out", required=True, help="run folder")
+    t.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
+    t.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a run or a checkpoint on a full split, write metrics.json")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="run folder (uses its best checkpoint)")
+    src.add_argument("--checkpoint", help="weights file (.safetensors)")
+    e.add_argument("--config", help="config to use instead of the one stored in the checkpoint")
+    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (e.g. data.root=...)")
+    e.add_argument("--split", default="val")
+    e.add_argument("--out", help="metrics file (default: RUN/metrics.json)")
+    e.add_argument("--baselines", action="store_true", help="also score constant predictors fitted on train")
+    e.add_argument("--max-images", type=int, default=None, help="score only the first N images")
+    e.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="predict every task for images, write PNG panels and raw .npy maps")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    pr.add_argument("--resize", type=int, default=None, metavar="LONG_SIDE", help="downscale inputs first")
+    pr.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (default: see README)")
+    pr.set_defaults(func=cmd_predict)
+
+    cv = sub.add_parser("convert-official", help="convert a checkpoint of the authors' code to a pamm checkpoint")
+    cv.add_argument("src")
+    cv.add_argument("dst")
+    cv.add_argument("--preset", choices=["nyud-vitl", "pascal-vitl"], default=None)
+    cv.add_argument("--x-experts", action="store_true", help="keep the x-branch experts the released code discards")
+    cv.set_defaults(func=cmd_convert)
+
+    cf = sub.add_parser("config", help="list presets, or print a resolved config")
+    cf.add_argument("name", nargs="?", help="preset or YAML file")
+    cf.add_argument("--set", action="append", metavar="KEY=VALUE")
+    cf.set_defaults(func=cmd_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.debug:
+        return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError) as e:
+        msg = str(e) or type(e).__name__
+        print(f"pamm {args.command}: error: {msg}", file=sys.stderr)
+        if os.environ.get("PAMM_DEBUG"):
+            raise
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

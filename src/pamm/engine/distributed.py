@@ -1,0 +1,100 @@
+"""Process-group helpers for ``torchrun`` (PyTorch DDP): one process per GPU (NCCL) or per CPU worker (gloo).
+
+Without torchrun's environment (WORLD_SIZE unset or 1) everything degrades to a single process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "all_reduce_sum", "all_reduce_arrays",
+           "broadcast_object", "barrier"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: ``rank`` of ``world_size``, the device it computes on."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str | None = None) -> DistInfo:
+    """Join the process group that torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK,
+    MASTER_ADDR/PORT; multi-node through torchrun's rendezvous) and pick this process's device.
+
+    Args:
+        device: ``"cuda"``, ``"cpu"`` or None (CUDA when available).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but CUDA is not available")
+    if use_cuda:
+        torch.cuda.set_device(local % torch.cuda.device_count())
+        dev = torch.device("cuda", torch.cuda.current_device())
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def barrier() -> None:
+    if _active():
+        dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over all processes (in place; returns it)."""
+    if _active():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_arrays(arrays: dict[str, np.ndarray], device: torch.device) -> dict[str, np.ndarray]:
+    """Sum each array of a dict over all processes (float64/int64 kept exact)."""
+    if not _active():
+        return arrays
+    out = {}
+    for k in sorted(arrays):
+        a = np.asarray(arrays[k])
+        t = torch.from_numpy(np.ascontiguousarray(a)).to(device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        out[k] = t.cpu().numpy().astype(a.dtype, copy=False)
+    return out
+
+
+def broadcast_object(obj, src: int = 0):
+    """Send a picklable object from ``src`` to every process."""
+    if not _active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

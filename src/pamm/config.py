@@ -211,7 +211,7 @@ class TrainConfig:
     Attributes:
         iterations: optimizer steps.
         batch_size: images per process and step.
-        optimizer: ``adam`` or ``adamw``.
+        optimizer: ``adam`` (paper), ``adamw`` or ``sgd`` (momentum 0.9).
         lr, weight_decay: optimizer settings.
         poly_power: the learning rate follows ``lr * (1 - step / iterations) ** poly_power``.
         warmup_iters: linear warm-up steps (0 in the paper).
@@ -249,8 +249,8 @@ class TrainConfig:
     def validate(self, key: str) -> None:
         _check(self.iterations >= 1, f"{key}.iterations", f"must be >= 1, got {self.iterations}")
         _check(self.batch_size >= 1, f"{key}.batch_size", f"must be >= 1, got {self.batch_size}")
-        _check(self.optimizer in ("adam", "adamw"), f"{key}.optimizer",
-               f"must be 'adam' or 'adamw', got {self.optimizer!r}")
+        _check(self.optimizer in ("adam", "adamw", "sgd"), f"{key}.optimizer",
+               f"must be 'adam', 'adamw' or 'sgd', got {self.optimizer!r}")
         _check(self.lr > 0, f"{key}.lr", f"must be > 0, got {self.lr}")
         _check(self.weight_decay >= 0, f"{key}.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(self.poly_power >= 0, f"{key}.poly_power", f"must be >= 0, got {self.poly_power}")

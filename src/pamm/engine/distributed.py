@@ -98,3 +98,46 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+class AllReduceBatchNorm2d(torch.nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are pooled over every process (any backend, CPU included).
+
+    Sums of x and x² per channel and the element count are all-reduced with a differentiable all-reduce, so the
+    forward and backward are exactly those of BatchNorm over the global batch. (PyTorch's SyncBatchNorm needs GPUs;
+    :func:`sync_batchnorm` uses it there.)
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and _active()):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        c = x.shape[1]
+        xf = x.float()
+        local = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)),
+                           xf.new_tensor([x.numel() // c], dtype=torch.float32)])
+        stats = all_reduce(local)
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c: 2 * c] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1).clamp_min(1), alpha=m)
+        y = (xf - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y.to(x.dtype)
+
+
+def sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """BatchNorm over the global batch: PyTorch's SyncBatchNorm on CUDA, :class:`AllReduceBatchNorm2d` elsewhere."""
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for module in model.modules():
+        if type(module) is torch.nn.BatchNorm2d:
+            module.__class__ = AllReduceBatchNorm2d
+    return model

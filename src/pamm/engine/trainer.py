@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import Config, config_to_dict
@@ -28,7 +27,7 @@ from ..losses import LOCAL, DistributedReducer, MultiTaskLoss
 from ..models import build_model
 from ..tasks import dataset_spec
 from .checkpoint import CheckpointError, check_state_dict_fits, load_state, load_weights, save_state, save_weights
-from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed
+from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed, sync_batchnorm
 from .evaluator import evaluate, write_metrics
 
 __all__ = ["Trainer", "TrainingStopped", "poly_lr", "EpochSampler", "find_resume_checkpoint", "autocast_dtype"]
@@ -208,6 +207,10 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=self.device.type == "cuda")
             torch.backends.cudnn.benchmark = False
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        elif self.device.type == "cuda":
+            # fixed input sizes: let cuDNN time its algorithms once (its bf16 heuristics pick slow non-tensor-core
+            # kernels for the 9x9 expert convolution otherwise)
+            torch.backends.cudnn.benchmark = True
 
     def _build(self) -> None:
         cfg = self.cfg
@@ -218,11 +221,17 @@ class Trainer:
         self.train_set = build_dataset(cfg.data.dataset, cfg.data.root, "train", self.tasks, train_tf,
                                        seed=cfg.train.seed)
         model = build_model(cfg, load_backbone_weights=not self.resume)
+        # the weights above are identical on every process; from here on each process draws its own router
+        # noise and drop-path masks
+        torch.manual_seed(cfg.train.seed + 1_000_003 * self.dist.rank)
         model.to(self.device)
         if self.device.type == "cuda" and cfg.model.channels_last:
             model.to(memory_format=torch.channels_last)
         if self.dist.distributed:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = sync_batchnorm(model, self.device)
+        if cfg.train.compile:
+            for stage in model.stages:  # the decoder's stages; the scan's autograd Function stays eager
+                stage.compile()
         self.model = model
         self.net = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index]
                                                               if self.device.type == "cuda" else None)
@@ -234,9 +243,12 @@ class Trainer:
         decay, skip = [], []
         for name, p in model.named_parameters():
             (skip if name.rsplit(".", 1)[-1] in no_decay or ".prior." in name else decay).append(p)
-        opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls([{"params": decay, "weight_decay": cfg.train.weight_decay},
-                                  {"params": skip, "weight_decay": 0.0}], lr=cfg.train.lr)
+        groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": skip, "weight_decay": 0.0}]
+        if cfg.train.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(groups, lr=cfg.train.lr, momentum=0.9)
+        else:
+            opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
+            self.optimizer = opt_cls(groups, lr=cfg.train.lr)
         t = cfg.train
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: poly_lr(s, t.iterations, t.poly_power, t.warmup_iters))

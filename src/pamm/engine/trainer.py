@@ -13,6 +13,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -354,7 +355,9 @@ class Trainer:
         if not bool(finite):
             self.optimizer.zero_grad(set_to_none=True)
             self.nonfinite += 1
-            self.scheduler.step()
+            with warnings.catch_warnings():  # the schedule follows the step count, updates or not
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                self.scheduler.step()
             if self.scaler is not None:
                 self.scaler.update()
             self.log(f"warning: step {self.step}: non-finite loss or gradient, update skipped "

@@ -11,7 +11,18 @@ copies, summed) on our single-direction Triton call and, when built, on mamba-ss
 the sequence length. Writes scan_suite.json (and the plot, see plot_scan.py) to --out::
 
     python benchmarks/scan.py --device cuda --suite --out results/ [--mamba-build DIR]
-    python benchmarks/scan.py --device cuda --suite --quick --out results/   # the fused launch only, ~1 minute
+
+Quick suite (CUDA, about 2 minutes on a warm H100, most of it compiling): the card's copy bandwidth and exp2 rate,
+then the Triton kernel variants against each other at the two stage shapes, v2 and v3 (tiled) with their default
+launch configs and a few v3 alternatives (``SWEEP`` in selective_scan_triton_tiled.py): forward and forward+backward
+ms, peak MB and the largest relative difference of y and every gradient from v2's; then v3's values and gradients
+against the float64 reference at small shapes (fp32 N=16 and N=64, fp64, bf16)::
+
+    python benchmarks/scan.py --device cuda --suite --quick --out results/ [--no-sweep]
+
+The same comparison as a CPU dry run (Triton's interpreter, tiny shapes; checks the code path, not the speed)::
+
+    python benchmarks/scan.py --device cpu --tiny --out /tmp/scan-dry
 
 mamba-ssm is a comparison only, built from its PyPI source distribution (never a dependency)::
 
@@ -303,14 +314,21 @@ def rel(x, ref):
     return float((x - ref).norm() / ref.norm())
 
 
-def check_against_reference(backend, dtype, device, tasks, N, grid, config=None):
-    """Values and all gradients of backend vs the float64 reference, model layout, 4 Hilbert directions."""
+def check_against_reference(backend, dtype, device, tasks, N, grid, config=None, kernel=None, d_inner=32):
+    """Values and all gradients of backend vs the float64 reference, model layout, 4 Hilbert directions. kernel:
+    the Triton variant ("v2", "v3"; None: $PAMM_SCAN_KERNEL, else v2)."""
     L = grid[0] * grid[1]
-    inputs = stage_inputs(2, 32, tasks, N, L, device, dtype=dtype, seed=L + N)
+    inputs = stage_inputs(2, d_inner, tasks, N, L, device, dtype=dtype, seed=L + N)
     orders = scan_orders(*grid, device=device)
     kw = dict(delta_softplus=True, orders=orders)
-    y = (BACKENDS[backend](**inputs, **kw, config=config) if config else
-         selective_scan(**inputs, **kw, backend=backend))
+    if kernel is not None:
+        from pamm.ops.selective_scan_triton import selective_scan_triton
+
+        y = selective_scan_triton(**inputs, **kw, config=config, kernel=kernel)
+    elif config:
+        y = BACKENDS[backend](**inputs, **kw, config=config)
+    else:
+        y = selective_scan(**inputs, **kw, backend=backend)
     g = torch.randn_like(y)
     grads = torch.autograd.grad(y, list(inputs.values()), g)
     wide = {k: v.detach().double().requires_grad_() for k, v in inputs.items()}
@@ -319,8 +337,8 @@ def check_against_reference(backend, dtype, device, tasks, N, grid, config=None)
     errs = {"y": rel(y, y_ref)}
     errs.update({f"d{name}": rel(a, b) for name, a, b in zip(inputs, grads, grads_ref)})
     finite = bool(torch.isfinite(y).all()) and all(bool(torch.isfinite(a).all()) for a in grads)
-    return dict(backend=backend, dtype=str(dtype).replace("torch.", ""), tasks=tasks, N=N, L=L, finite=finite,
-                max_rel_err=max(errs.values()), errors=errs)
+    return dict(backend=backend if kernel is None else f"triton {kernel}", dtype=str(dtype).replace("torch.", ""),
+                tasks=tasks, N=N, L=L, finite=finite, max_rel_err=max(errs.values()), errors=errs)
 
 
 def copy_bandwidth_gbs():
@@ -388,7 +406,7 @@ def sweep_configs(name, stage, device, record, quick=False):
         cfg = dict(base, block_d=bd, num_warps=nw)
         def forward(cfg=cfg):
             with torch.no_grad():
-                selective_scan_triton(**inputs, delta_softplus=True, orders=orders, config=cfg)
+                selective_scan_triton(**inputs, delta_softplus=True, orders=orders, config=cfg, kernel="v2")
 
         try:
             ms = median_ms(forward, device)
@@ -404,13 +422,13 @@ def sweep_configs(name, stage, device, record, quick=False):
     best = dict(base, block_d=best_fwd[1], num_warps=best_fwd[2])
     leaves = list(inputs.values())
     with torch.no_grad():
-        g = torch.randn_like(selective_scan_triton(**inputs, delta_softplus=True, orders=orders))
+        g = torch.randn_like(selective_scan_triton(**inputs, delta_softplus=True, orders=orders, kernel="v2"))
     best_bwd = None
     for bd, nw in bwd_cands:
         cfg = dict(best, bwd_block_d=bd, bwd_num_warps=nw)
 
         def step(cfg=cfg):
-            selective_scan_triton(**inputs, delta_softplus=True, orders=orders, config=cfg).backward(g)
+            selective_scan_triton(**inputs, delta_softplus=True, orders=orders, config=cfg, kernel="v2").backward(g)
 
         try:
             ms = median_ms(step, device, leaves=leaves)
@@ -434,11 +452,13 @@ def scan_variants(orders, tasks, mamba=None, config=None):
     from pamm.ops.selective_scan_triton import selective_scan_triton
 
     def triton_one(u, delta, A, B, C, D, delta_bias):
-        return selective_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus=True)
+        return selective_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus=True, kernel="v2")
 
     variants = {
         "triton fused (one launch)": lambda **kw: selective_scan_triton(**kw, delta_softplus=True, orders=orders,
-                                                                        config=config),
+                                                                        config=config, kernel="v2"),
+        "triton v3 tiled (one launch)": lambda **kw: selective_scan_triton(**kw, delta_softplus=True, orders=orders,
+                                                                           kernel="v3"),
         "chunked (PyTorch)": lambda **kw: selective_scan_chunked(**kw, delta_softplus=True, orders=orders),
         "authors' pattern + our triton": lambda **kw: authors_pattern(triton_one, orders=orders, tasks=tasks, **kw),
     }
@@ -455,7 +475,8 @@ def fused_vs_chunked(inputs, orders, config):
     from pamm.ops.selective_scan_triton import selective_scan_triton
 
     results = []
-    for scan in (lambda: selective_scan_triton(**inputs, delta_softplus=True, orders=orders, config=config),
+    for scan in (lambda: selective_scan_triton(**inputs, delta_softplus=True, orders=orders, config=config,
+                                               kernel="v2"),
                  lambda: selective_scan_chunked(**inputs, delta_softplus=True, orders=orders)):
         y = scan()
         g = torch.randn(y.shape, generator=torch.Generator(device=y.device).manual_seed(0), device=y.device)
@@ -526,6 +547,158 @@ def length_sweep(device, mamba, record, only=None):
     record["length_sweep"] = dict(shape=dict(stage, K=4), series=series)
 
 
+# ---- Triton kernel variants (v2, v3) ---------------------------------------------------------------------------
+
+TINY_STAGES = {  # the CPU dry run (--tiny): the stages' state sizes (which pick the configs), tiny everything else
+    "nyud": dict(batch=1, d_inner=8, tasks=2, state=16, grid=(2, 3)),
+    "pascal": dict(batch=1, d_inner=8, tasks=1, state=64, grid=(2, 2)),
+}
+V3_CHECKS = [  # (dtype, tasks, N, grid): v3 against the float64 reference before it is timed
+    (torch.float32, 4, 16, (10, 20)), (torch.float32, 2, 64, (9, 7)), (torch.float64, 2, 16, (5, 7)),
+    (torch.bfloat16, 2, 16, (8, 8)),
+]
+
+
+def kernel_variants(state, sweep=True):
+    """The Triton kernels compared at one stage: [(label, kernel, config overrides or None)]; v2 first (the
+    baseline of the differences), then v3 with its defaults and, with sweep, v3's alternatives (``SWEEP``)."""
+    from pamm.ops.selective_scan_triton_tiled import SWEEP
+
+    variants = [("v2", "v2", None), ("v3", "v3", None)]
+    if sweep:
+        key = min((k for k in SWEEP if k >= state), default=max(SWEEP))
+        variants += [(f"v3 alt{i + 1}", "v3", cfg) for i, cfg in enumerate(SWEEP[key])]
+    return variants
+
+
+def resolved_config(kernel, state, chans_per_group, overrides):
+    """The launch config a variant runs with (its kernel's defaults updated with the overrides)."""
+    if kernel == "v3":
+        from pamm.ops.selective_scan_triton_tiled import resolve_config
+
+        return resolve_config(state, chans_per_group, overrides)
+    from pamm.ops.selective_scan_triton import kernel_config
+
+    return dict(kernel_config(state, chans_per_group), **(overrides or {}))
+
+
+def compare_kernels(name, stage, device, record, save, sweep=True, repeats=5):
+    """Forward and forward+backward time (and on CUDA peak MB) of each Triton kernel variant at one stage's call,
+    with the largest relative difference of y and each gradient from the first variant's (v2). repeats=0 (the dry
+    run): one call of each, timed once (meaningless under the interpreter)."""
+    from pamm.ops.selective_scan_triton import selective_scan_triton
+
+    L = stage["grid"][0] * stage["grid"][1]
+    inputs = stage_inputs(stage["batch"], stage["d_inner"], stage["tasks"], stage["state"], L, device)
+    orders = scan_orders(*stage["grid"], device=device)
+    leaves = list(inputs.values())
+    exps = orders.shape[0] * inputs["u"].numel() * stage["state"]
+    out = record["kernels"].setdefault(name, dict(shape=dict(stage, L=L, K=orders.shape[0]), exp2_count=exps,
+                                                  rows=[]))
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    g = torch.randn(inputs["u"].shape, generator=gen).to(device)
+    base, base_label = None, None
+    for label, kernel, overrides in kernel_variants(stage["state"], sweep):
+        cfg = resolved_config(kernel, stage["state"], stage["d_inner"], overrides)
+
+        def scan(kernel=kernel, overrides=overrides, **kw):
+            return selective_scan_triton(**kw, delta_softplus=True, orders=orders, config=overrides, kernel=kernel)
+
+        row = dict(variant=label, kernel=kernel, config=cfg)
+        try:
+            start = time.perf_counter()
+            y = scan(**inputs)
+            values = [y.detach()] + list(torch.autograd.grad(y, leaves, g))
+            del y
+            first_ms = (time.perf_counter() - start) * 1e3  # with compilation on a GPU
+            if base is None:
+                base, base_label = values, label
+            diffs = {n: rel(a, b) for n, a, b in zip(["y"] + [f"d{k}" for k in inputs], values, base)}
+            del values
+            if repeats:
+                fwd, fwdbwd, step = fwd_and_fwdbwd(scan, inputs, device, repeats, budget_ms=150)
+            else:
+                start = time.perf_counter()
+                with torch.no_grad():
+                    scan(**inputs)
+                fwd, fwdbwd = (time.perf_counter() - start) * 1e3, first_ms
+            if device == "cuda":
+                row["peak_mb"] = cuda_peak_mb(step, leaves)
+        except Exception as err:  # a variant that does not compile or launch is recorded, not fatal
+            row["error"] = failure(err)
+            out["rows"].append(row)
+            save()
+            continue
+        row.update(fwd_ms=fwd, fwd_bwd_ms=fwdbwd, bwd_ms=fwdbwd - fwd, first_call_ms=first_ms,
+                   max_rel_diff=max(diffs.values()), rel_diff_vs=base_label, rel_diffs=diffs)
+        out["rows"].append(row)
+        save()
+        print(f"[kernels] {name} {label:8s} fwd {fwd:9.3f} ms  fwd+bwd {fwdbwd:9.3f} ms  "
+              f"peak {row.get('peak_mb', float('nan')):7.0f} MB  max diff vs {base_label} {row['max_rel_diff']:.1e}  "
+              f"{cfg}", flush=True)
+    return out
+
+
+def summarize_kernels(record):
+    exp_rate = record.get("exp2_per_s")
+    for name, st in record["kernels"].items():
+        floor = f", exp2 floor {st['exp2_count'] / exp_rate * 1e3:.2f} ms" if exp_rate else ""
+        print(f"{name}: {st['shape']}{floor}")
+        print(f"  {'variant':<10}{'fwd ms':>10}{'fwd+bwd':>10}{'bwd':>10}{'peak MB':>9}{'max diff':>10}  config")
+        for r in st["rows"]:
+            if "error" in r:
+                print(f"  {r['variant']:<10} error: {r['error'][:100]}")
+                continue
+            print(f"  {r['variant']:<10}{r['fwd_ms']:>10.3f}{r['fwd_bwd_ms']:>10.3f}{r['bwd_ms']:>10.3f}"
+                  f"{r.get('peak_mb', float('nan')):>9.0f}{r['max_rel_diff']:>10.1e}  {r['config']}")
+
+
+def v3_checks(device, record, save, check_scale=None):
+    """v3's values and gradients against the float64 reference (V3_CHECKS; check_scale: a small grid, one task
+    of 8 channels, for the dry run)."""
+    for dtype, tasks, N, grid in V3_CHECKS:
+        d_inner = 32
+        if check_scale:
+            tasks, grid, d_inner = 1, check_scale, 8
+        try:
+            result = check_against_reference("triton", dtype, device, tasks, N, grid, kernel="v3", d_inner=d_inner)
+        except Exception as err:
+            result = dict(backend="triton v3", dtype=str(dtype), error=failure(err))
+        record["checks"].append(result)
+        print(f"[check] {result}", flush=True)
+        save()
+
+
+def kernel_comparison(stages, device, record, save, sweep=True, repeats=5, check_scale=None):
+    """compare_kernels at each stage (every variant's values against v2's at the stage shapes), then v3_checks
+    (against the float64 reference; after the timings, so that a run cut short still has them)."""
+    record.setdefault("kernels", {})
+    for name, stage in stages.items():
+        compare_kernels(name, stage, device, record, save, sweep, repeats)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    v3_checks(device, record, save, check_scale)
+
+
+def dry_run(args):
+    """The quick suite's kernel comparison on CPU through Triton's interpreter at TINY_STAGES (main() sets
+    TRITON_INTERPRET before Triton is imported): checks the variants, their configs and the record, not speed."""
+    record = dict(date=time.strftime("%Y-%m-%d"), device="cpu (Triton interpreter)", torch=torch.__version__,
+                  command=" ".join(sys.argv), checks=[], kernels={})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save():
+        (out / "scan_suite.json").write_text(json.dumps(record, indent=1))
+
+    kernel_comparison(TINY_STAGES, "cpu", record, save, sweep=not args.no_sweep, repeats=0, check_scale=(2, 2))
+    summarize_kernels(record)
+    failed = [c for c in record["checks"] if "error" in c or not c.get("finite") or c["max_rel_err"] > 1e-2]
+    failed += [r for st in record["kernels"].values() for r in st["rows"] if "error" in r or r["max_rel_diff"] > 1e-4]
+    if failed:
+        raise SystemExit(f"dry run: {len(failed)} failed checks or variants")
+
+
 def suite(args):
     import triton
 
@@ -544,8 +717,7 @@ def suite(args):
     checks = [("triton", torch.float32, 4, 16, (10, 20)), ("triton", torch.float32, 2, 64, (9, 7)),
               ("triton", torch.float64, 2, 16, (5, 7)), ("triton", torch.bfloat16, 2, 16, (8, 8)),
               ("chunked", torch.float32, 2, 16, (10, 20)), ("auto", torch.float32, 2, 8, (6, 6))]
-    only = ["triton fused (one launch)"] if args.quick else None
-    if args.quick:  # the kernels' values were checked by the full suite; here they are compared at stage shapes
+    if args.quick:  # the Triton kernel variants only: v3's checks come with the comparison, after the ceilings
         checks = []
     for backend, dtype, tasks, N, grid in checks:
         try:
@@ -559,16 +731,25 @@ def suite(args):
     record["exp2_per_s"] = exp2_rate()
     print(f"[ceilings] copy {record['copy_bandwidth_gbs']:.0f} GB/s, exp2 {record['exp2_per_s']:.3e}/s", flush=True)
     save()
-    best = {name: sweep_configs(name, stage, device, record, args.quick) for name, stage in STAGES.items()}
+    if args.quick:
+        kernel_comparison(STAGES, device, record, save, sweep=not args.no_sweep)
+        print(f"\n{record['date']} {record['device']}  copy {record['copy_bandwidth_gbs']:.0f} GB/s  "
+              f"exp2 {record['exp2_per_s']:.2e}/s  torch {record['torch']} triton {record['triton']}")
+        for c in record["checks"]:
+            print(f"check {c.get('backend')} {c.get('dtype')} N={c.get('N')}: max rel err {c.get('max_rel_err', c)}")
+        summarize_kernels(record)
+        return
+    v3_checks(device, record, save)
+    best = {name: sweep_configs(name, stage, device, record) for name, stage in STAGES.items()}
     save()
-    mamba = None if args.quick else load_mamba(args.mamba_build, args.mamba_wait)
+    mamba = load_mamba(args.mamba_build, args.mamba_wait)
     record["mamba_ssm"] = "built" if mamba is not None else "not available"
     if args.mamba_build and (Path(args.mamba_build) / MAMBA_DONE).exists():
         record["mamba_build_s"] = float((Path(args.mamba_build) / MAMBA_DONE).read_text())
     for name, stage in STAGES.items():
-        time_stage(name, stage, device, best[name], mamba, record, only)
+        time_stage(name, stage, device, best[name], mamba, record)
         save()
-    length_sweep(device, mamba, record, only)
+    length_sweep(device, mamba, record)
     save()
     summarize(record)
     if not args.no_plot:
@@ -607,11 +788,20 @@ def main():
     parser.add_argument("--suite", action="store_true", help="the CUDA suite (see the module docstring)")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--no-plot", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="suite for the fused launch only (no mamba-ssm)")
+    parser.add_argument("--quick", action="store_true",
+                        help="suite: the Triton kernel variants (v2, v3) at the stage shapes only (no mamba-ssm)")
+    parser.add_argument("--no-sweep", action="store_true", help="quick suite / dry run: v2 and v3 defaults only")
+    parser.add_argument("--tiny", action="store_true",
+                        help="with --device cpu: the quick suite's kernel comparison as a dry run through Triton's "
+                             "interpreter at tiny shapes")
     parser.add_argument("--build-mamba", metavar="SDIST", help="build mamba-ssm's selective scan from its sdist")
     parser.add_argument("--mamba-build", metavar="DIR", help="where the mamba-ssm extension is (being) built")
     parser.add_argument("--mamba-wait", type=float, default=300.0, help="seconds to wait for that build")
     args = parser.parse_args()
+    if args.tiny:
+        if args.device != "cpu":
+            parser.error("--tiny is the CPU dry run (Triton's interpreter); use --suite --quick on CUDA")
+        os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
@@ -619,6 +809,8 @@ def main():
         print(json.dumps(measure_backend(args.child, shape, args.device, args.directions, args.repeats)))
     elif args.build_mamba:
         build_mamba(args.build_mamba, args.mamba_build)
+    elif args.tiny:
+        dry_run(args)
     elif args.suite:
         suite(args)
     else:

@@ -140,7 +140,6 @@ def measure_training(model, cfg, mode, args, device, log):
         scan = sum(v for k, v in kernels.items() if "scan" in k.lower())
         row.update(device_ms=total, scan_ms=scan, scan_share=scan / max(total, 1e-9),
                    top_kernels=sorted(kernels.items(), key=lambda kv: -kv[1])[:12])
-    del opt
     log(row)
     return row
 

@@ -6,7 +6,6 @@ import pickle
 
 import pytest
 import torch
-from conftest import tiny_config
 
 import pamm
 from pamm.engine.checkpoint import (
@@ -18,6 +17,8 @@ from pamm.engine.checkpoint import (
     save_weights,
 )
 from pamm.engine.trainer import Trainer, TrainingStopped, find_resume_checkpoint
+
+from conftest import tiny_config
 
 
 @pytest.fixture(scope="module")

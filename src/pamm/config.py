@@ -44,6 +44,9 @@ class BackboneConfig:
             hierarchical models (ConvNeXt, EfficientNet, Swin, ...) through ``features_only``.
         pretrained: load timm's pretrained weights (Hugging Face hub; honours ``HF_HUB_OFFLINE``).
         weights: a local weights file (.safetensors, .pth, .pt, .bin) used instead of the hub.
+        weights_mapping: how the file's tensors find the model's: ``names`` (timm names, the default) or
+            ``positional`` (the file lists the full timm architecture's tensors in the same order under other
+            names, e.g. a port of another codebase; every shape is checked).
         taps: which blocks (ViT, 0-based) or feature levels (hierarchical) feed the four PAME stages.
             Paper: blocks 6, 12, 18, 24 (1-based), i.e. ``[5, 11, 17, 23]``.
         norm_last: apply the ViT's final LayerNorm to the last tap (paper: yes).
@@ -55,12 +58,15 @@ class BackboneConfig:
     name: str = "vit_large_patch16_384"
     pretrained: bool = True
     weights: str | None = None
+    weights_mapping: str = "names"
     taps: list[int] = field(default_factory=lambda: [5, 11, 17, 23])
     norm_last: bool = True
     drop_path: float = 0.15
     patch_size: int = 16
 
     def validate(self, key: str) -> None:
+        _check(self.weights_mapping in ("names", "positional"), f"{key}.weights_mapping",
+               f"must be 'names' or 'positional', got {self.weights_mapping!r}")
         _check(len(self.taps) >= 1, f"{key}.taps", "needs at least one tap")
         _check(all(t >= 0 for t in self.taps), f"{key}.taps", f"indices must be >= 0, got {self.taps}")
         _check(list(self.taps) == sorted(set(self.taps)), f"{key}.taps", f"must be increasing, got {self.taps}")
@@ -76,7 +82,7 @@ class ScanConfig:
     Attributes:
         kind: ``hilbert`` (paper), ``zorder``, ``snake`` or ``raster``.
         directions: 1, 2 or 4 rotations of the curve; their outputs are summed.
-        backend: selective-scan backend: ``auto``, ``triton``, ``chunked`` or ``reference``.
+        backend: selective-scan backend: ``auto``, ``triton``, ``cpu`` (Numba), ``chunked`` or ``reference``.
     """
 
     kind: str = "hilbert"
@@ -88,7 +94,7 @@ class ScanConfig:
 
         _check(self.kind in SCAN_KINDS, f"{key}.kind", f"must be one of {list(SCAN_KINDS)}, got {self.kind!r}")
         _check(self.directions in (1, 2, 4), f"{key}.directions", f"must be 1, 2 or 4, got {self.directions}")
-        allowed = ("auto", "triton", "chunked", "reference")
+        allowed = ("auto", "triton", "cpu", "chunked", "reference")
         _check(self.backend in allowed, f"{key}.backend", f"must be one of {list(allowed)}, got {self.backend!r}")
 
 

@@ -188,6 +188,8 @@ def load_backbone_weights(backbone: Backbone, cfg: BackboneConfig) -> None:
     if cfg.weights:
         source = f"file {cfg.weights}"
         state = read_state_dict(cfg.weights)
+        if cfg.weights_mapping == "positional":
+            state = _rename_positionally(state, cfg.name, source)
     else:
         source = f"timm hub weights of {cfg.name!r}"
         state = _download_timm_state(cfg.name, source)
@@ -205,6 +207,25 @@ def load_backbone_weights(backbone: Backbone, cfg: BackboneConfig) -> None:
                 lines.append(f"  {label} ({len(items)}): {sep.join(items[:8])}{' ...' if len(items) > 8 else ''}")
         raise BackboneWeightsError("\n".join(lines))
     backbone.model.load_state_dict(state, strict=True)
+
+
+def _rename_positionally(state: dict[str, Tensor], name: str, source: str) -> dict[str, Tensor]:
+    """Give the tensors of ``state`` the names of timm's full ``name`` architecture, in order; every shape must
+    agree (a port of the same network from another codebase stores the same tensors in the same order)."""
+    import timm
+
+    with torch.device("meta"):
+        reference = timm.create_model(name, pretrained=False).state_dict()
+    if len(reference) != len(state):
+        raise BackboneWeightsError(f"cannot map {source} positionally onto {name}: {len(state)} tensors in the "
+                                   f"file, {len(reference)} in the architecture")
+    out = {}
+    for (theirs, tensor), (ours, ref) in zip(state.items(), reference.items()):
+        if tuple(tensor.shape) != tuple(ref.shape):
+            raise BackboneWeightsError(f"cannot map {source} positionally onto {name}: {theirs} {tuple(tensor.shape)} "
+                                       f"falls on {ours} {tuple(ref.shape)}")
+        out[ours] = tensor
+    return out
 
 
 def _download_timm_state(name: str, source: str) -> dict[str, Tensor]:

@@ -13,13 +13,19 @@ as K separate scans would).
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["selective_scan", "selective_scan_reference", "BACKENDS", "triton_available"]
+__all__ = ["selective_scan", "selective_scan_reference", "BACKENDS", "triton_available", "triton_kernel",
+           "TRITON_KERNELS", "TRITON_KERNEL_ENV"]
+
+TRITON_KERNELS = ("v2", "v3")  # v2: selective_scan_triton.py; v3 (tiled): selective_scan_triton_tiled.py
+TRITON_KERNEL_ENV = "PAMM_SCAN_KERNEL"
+DEFAULT_TRITON_KERNEL = "v2"  # until v3 is measured on a GPU (docs/kernel-notes.md)
 
 
 def _check_inputs(u, delta, A, B, C, D, delta_bias, orders) -> None:
@@ -142,11 +148,23 @@ def triton_available() -> bool:
     return bool(_triton_state["ok"])
 
 
+def triton_kernel(kernel: str | None = None) -> str:
+    """The Triton kernel variant to run: ``kernel`` when given, else the environment variable PAMM_SCAN_KERNEL,
+    else the default (v2). Raises ValueError for a name not in TRITON_KERNELS."""
+    name = kernel if kernel is not None else (os.environ.get(TRITON_KERNEL_ENV) or DEFAULT_TRITON_KERNEL)
+    if name not in TRITON_KERNELS:
+        source = "kernel" if kernel is not None else f"${TRITON_KERNEL_ENV}"
+        raise ValueError(f"unknown triton selective scan kernel {name!r} (from {source}); expected one of "
+                         f"{TRITON_KERNELS}")
+    return name
+
+
 def _auto(u: Tensor, *args, **kwargs) -> Tensor:
     """Triton on CUDA tensors when it works, the chunked scan otherwise: for inputs the Triton backend refuses
     (orders with repeated positions; invalid shapes, which the chunked backend then reports) and, with a warning,
     for good after a Triton compile or launch failure."""
     if u.is_cuda and triton_available():
+        triton_kernel()  # a misspelt $PAMM_SCAN_KERNEL is an error, not a silent fall-back to the chunked backend
         try:
             return _triton(u, *args, **kwargs)
         except torch.OutOfMemoryError:
@@ -185,8 +203,9 @@ def selective_scan(
         orders: (K, L) integer tensor; row k lists the positions visited at steps 0..L-1 of the k-th scan.
             The K results are scattered back and summed. ``None``: one scan in natural order.
         backend: ``"reference"`` (sequential, the ground truth), ``"chunked"`` (PyTorch, CPU and GPU),
-            ``"triton"`` (fused GPU kernels; rows of ``orders`` must be permutations) or ``"auto"``: triton on CUDA
-            tensors when Triton works there, chunked otherwise.
+            ``"triton"`` (fused GPU kernels; rows of ``orders`` must be permutations; the kernel variant, v2 or v3,
+            from $PAMM_SCAN_KERNEL, default v2) or ``"auto"``: triton on CUDA tensors when Triton works there,
+            chunked otherwise.
 
     Returns:
         (b, d, L) in u's dtype, computed in float32 (float64 for float64 inputs).

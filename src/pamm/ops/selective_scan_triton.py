@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .selective_scan import _check_inputs, _grouped
+from .selective_scan import _check_inputs, _grouped, triton_kernel
 
 __all__ = ["selective_scan_triton", "kernel_config"]
 
@@ -527,15 +527,21 @@ def selective_scan_triton(
     delta_softplus: bool = False,
     orders: Tensor | None = None,
     config: dict[str, int] | None = None,
+    kernel: str | None = None,
 ) -> Tensor:
     """Selective scan through the Triton kernels; same signature and semantics as ``selective_scan_reference``
-    (every row of ``orders`` must be a permutation), plus ``config``: launch parameters overriding those of
-    ``kernel_config``.
+    (every row of ``orders`` must be a permutation), plus ``config``: launch parameters overriding those of the
+    variant's ``kernel_config``, and ``kernel``: ``"v2"`` (this module) or ``"v3"`` (tiled,
+    ``selective_scan_triton_tiled``); None: $PAMM_SCAN_KERNEL, else v2.
 
     Shapes: u, delta (b, d, L) any strides; A (d, N); B, C (b, N, L) or (b, g, N, L); D, delta_bias (d,);
     orders (K, L). Returns (b, d, L) in u's dtype, computed in float32 (float64 for float64 inputs).
     On CPU tensors it runs only under Triton's interpreter (TRITON_INTERPRET=1).
     """
+    if triton_kernel(kernel) == "v3":
+        from .selective_scan_triton_tiled import selective_scan_triton_tiled
+
+        return selective_scan_triton_tiled(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, config)
     _check_inputs(u, delta, A, B, C, D, delta_bias, orders)
     if orders is not None:
         _check_permutations(orders)

@@ -169,3 +169,50 @@ def test_non_finite_steps_are_skipped_then_training_stops(tmp_path, monkeypatch)
     trainer.train_step(next(batches))
     with pytest.raises(TrainingStopped, match="3 steps had a non-finite loss or gradient"):
         trainer.train_step(next(batches))
+
+
+def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
+    """Router noise, drop-path, augmentation and two DataLoader workers included (deterministic mode, CPU)."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pamm.data.synth import synthesize
+
+    synthesize(tmp_path / "data", layout="nyud", n_train=8, n_val=1, size=(64, 96), seed=5, progress=False)
+    sets = [f"data.root={tmp_path / 'data' / 'NYUDv2'}", "data.train_size=[64,96]", "data.test_size=[64,96]",
+            "data.workers=2", "model.dim=32", "model.backbone.drop_path=0.1", "model.router_noise=true",
+            "train.deterministic=true", "train.iterations=12", "train.batch_size=2", "train.warmup_iters=2",
+            "train.checkpoint_every=2", "train.eval_every=0", "eval.edge=false"]
+    args = [x for s in sets for x in ("--set", s)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+    def train(out, *extra, wait=True):
+        cmd = [sys.executable, "-m", "pamm", "train", "--config", "demo", "--out", str(out), "--quiet", *args, *extra]
+        if wait:
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+            assert done.returncode == 0, done.stderr[-3000:]
+            return done
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    train(tmp_path / "straight")
+    victim = train(tmp_path / "killed", wait=False)
+    kill_after = random.choice([2, 4, 6, 8])  # kill somewhere after this checkpoint appears (maybe mid-write)
+    marker = tmp_path / "killed" / "checkpoints" / f"step-{kill_after:07d}.state.pt"
+    deadline = time.time() + 600
+    while not marker.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 1.5))
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL, victim.stderr.read().decode()[-2000:]
+    train(tmp_path / "killed", "--resume")
+    assert "resumed from step-" in (tmp_path / "killed" / "train.log").read_text()
+    a, _, extra_a = load_weights(tmp_path / "straight" / "checkpoints" / "step-0000012.safetensors")
+    b, _, extra_b = load_weights(tmp_path / "killed" / "checkpoints" / "step-0000012.safetensors")
+    assert extra_a["step"] == extra_b["step"] == 12 and a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert different == [], f"resumed run differs in {different[:5]} (killed after step {kill_after})"

@@ -158,12 +158,18 @@ def test_chunked_channels_last_views():
 
 # ---- dispatcher ------------------------------------------------------------------------------------------------
 
-def test_auto_on_cpu_is_chunked():
+def test_auto_on_cpu_is_the_numba_kernel_when_installed_else_chunked(monkeypatch):
+    import pamm.ops.selective_scan_cpu as cpu_module
+    from pamm.ops.selective_scan_cpu import selective_scan_cpu
+
     inputs = make_inputs(L=21)
     orders = random_orders(2, 21)
     y_auto = selective_scan(**inputs, delta_softplus=True, orders=orders, backend="auto")
-    y_chunked = selective_scan_chunked(**inputs, delta_softplus=True, orders=orders)
-    assert torch.equal(y_auto, y_chunked)
+    expected = selective_scan_cpu if cpu_module.numba_available() else selective_scan_chunked
+    assert torch.equal(y_auto, expected(**inputs, delta_softplus=True, orders=orders))
+    monkeypatch.setattr(cpu_module, "numba_available", lambda: False)
+    y_auto = selective_scan(**inputs, delta_softplus=True, orders=orders, backend="auto")
+    assert torch.equal(y_auto, selective_scan_chunked(**inputs, delta_softplus=True, orders=orders))
 
 
 def test_unknown_backend_rejected():

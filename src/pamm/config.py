@@ -43,7 +43,8 @@ class BackboneConfig:
         name: timm model name. Plain ViTs (``vit_*``) are tapped through ``forward_intermediates``;
             hierarchical models (ConvNeXt, EfficientNet, Swin, ...) through ``features_only``.
         pretrained: load timm's pretrained weights (Hugging Face hub; honours ``HF_HUB_OFFLINE``).
-        weights: a local weights file (.safetensors, .pth, .pt, .bin) used instead of the hub.
+        weights: a local weights file (.safetensors, .pth, .pt, .bin) used instead of the hub, or
+            ``pkg:PACKAGE/path`` for a file inside an installed Python package.
         weights_mapping: how the file's tensors find the model's: ``names`` (timm names, the default) or
             ``positional`` (the file lists the full timm architecture's tensors in the same order under other
             names, e.g. a port of another codebase; every shape is checked).
@@ -121,6 +122,8 @@ class ModelConfig:
             runs the plain per-task, per-expert, per-direction formulation (same function, slower).
         checkpoint_backbone, checkpoint_stages: activation checkpointing (recompute in backward).
         channels_last: keep decoder activations channels-last (faster convolutions on GPUs).
+        head_bias_init: initial output bias of a task's head (e.g. ``{depth: 3.0}``: start depth predictions at
+            3 m instead of 0); tasks not listed keep the released init (normal, std 0.02).
     """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -145,8 +148,11 @@ class ModelConfig:
     checkpoint_backbone: bool = False
     checkpoint_stages: bool = False
     channels_last: bool = True
+    head_bias_init: dict[str, float] = field(default_factory=dict)
 
     def validate(self, key: str) -> None:
+        for t in self.head_bias_init:
+            _check(t in TASKS, f"{key}.head_bias_init", f"unknown task {t!r}; allowed: {sorted(TASKS)}")
         _check(self.decoder in ("pamm", "shared"), f"{key}.decoder",
                f"must be 'pamm' or 'shared', got {self.decoder!r}")
         _check(self.dim > 0 and self.dim % 32 == 0, f"{key}.dim",

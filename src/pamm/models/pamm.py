@@ -69,6 +69,10 @@ class PAMM(nn.Module):
         n_stages = len(self.stages)
         self.fusion = nn.ModuleDict({t: StageFusion(cfg.dim, n_stages) for t in self.tasks})
         self.heads = nn.ModuleDict({t: TaskHead(cfg.dim, meta.num_outputs[t]) for t in self.tasks})
+        with torch.no_grad():
+            for t, value in cfg.head_bias_init.items():
+                if t in self.heads:
+                    self.heads[t].pred.bias.fill_(value)
         self.fused = cfg.fused
 
     @property

@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["selective_scan", "selective_scan_reference", "BACKENDS", "triton_available", "triton_kernel",
-           "TRITON_KERNELS", "TRITON_KERNEL_ENV"]
+           "TRITON_KERNELS", "TRITON_KERNEL_ENV", "cpu_kernel_available"]
 
 TRITON_KERNELS = ("v2", "v3")  # v2: selective_scan_triton.py; v3 (tiled): selective_scan_triton_tiled.py
 TRITON_KERNEL_ENV = "PAMM_SCAN_KERNEL"
-DEFAULT_TRITON_KERNEL = "v2"  # until v3 is measured on a GPU (docs/kernel-notes.md)
+DEFAULT_TRITON_KERNEL = "v3"  # faster than v2 on an H100 (BENCHMARKS.md, 2026-11-27)
 
 
 def _check_inputs(u, delta, A, B, C, D, delta_bias, orders) -> None:
@@ -124,13 +124,26 @@ def _chunked(*args, **kwargs) -> Tensor:
     return selective_scan_chunked(*args, **kwargs)
 
 
+def _cpu(*args, **kwargs) -> Tensor:
+    from .selective_scan_cpu import selective_scan_cpu
+
+    return selective_scan_cpu(*args, **kwargs)
+
+
+def cpu_kernel_available() -> bool:
+    """Whether the Numba CPU backend can run (numba importable)."""
+    from .selective_scan_cpu import numba_available
+
+    return numba_available()
+
+
 def _triton(*args, **kwargs) -> Tensor:
     from .selective_scan_triton import selective_scan_triton
 
     return selective_scan_triton(*args, **kwargs)
 
 
-BACKENDS = {"reference": selective_scan_reference, "chunked": _chunked, "triton": _triton}
+BACKENDS = {"reference": selective_scan_reference, "chunked": _chunked, "cpu": _cpu, "triton": _triton}
 
 _triton_state: dict[str, bool | str] = {}
 
@@ -150,7 +163,7 @@ def triton_available() -> bool:
 
 def triton_kernel(kernel: str | None = None) -> str:
     """The Triton kernel variant to run: ``kernel`` when given, else the environment variable PAMM_SCAN_KERNEL,
-    else the default (v2). Raises ValueError for a name not in TRITON_KERNELS."""
+    else the default (``DEFAULT_TRITON_KERNEL``). Raises ValueError for a name not in TRITON_KERNELS."""
     name = kernel if kernel is not None else (os.environ.get(TRITON_KERNEL_ENV) or DEFAULT_TRITON_KERNEL)
     if name not in TRITON_KERNELS:
         source = "kernel" if kernel is not None else f"${TRITON_KERNEL_ENV}"
@@ -160,9 +173,11 @@ def triton_kernel(kernel: str | None = None) -> str:
 
 
 def _auto(u: Tensor, *args, **kwargs) -> Tensor:
-    """Triton on CUDA tensors when it works, the chunked scan otherwise: for inputs the Triton backend refuses
-    (orders with repeated positions; invalid shapes, which the chunked backend then reports) and, with a warning,
-    for good after a Triton compile or launch failure."""
+    """Triton on CUDA tensors when it works, the Numba kernel on CPU tensors when numba is installed, the chunked
+    scan otherwise: for inputs the Triton backend refuses (orders with repeated positions; invalid shapes, which the
+    chunked backend then reports) and, with a warning, for good after a Triton compile or launch failure."""
+    if u.device.type == "cpu" and cpu_kernel_available():
+        return _cpu(u, *args, **kwargs)
     if u.is_cuda and triton_available():
         triton_kernel()  # a misspelt $PAMM_SCAN_KERNEL is an error, not a silent fall-back to the chunked backend
         try:
@@ -202,7 +217,8 @@ def selective_scan(
         delta_softplus: apply softplus to delta (+ bias).
         orders: (K, L) integer tensor; row k lists the positions visited at steps 0..L-1 of the k-th scan.
             The K results are scattered back and summed. ``None``: one scan in natural order.
-        backend: ``"reference"`` (sequential, the ground truth), ``"chunked"`` (PyTorch, CPU and GPU),
+        backend: ``"reference"`` (sequential, the ground truth), ``"chunked"`` (PyTorch, CPU and GPU), ``"cpu"``
+            (Numba kernels, CPU tensors),
             ``"triton"`` (fused GPU kernels; rows of ``orders`` must be permutations; the kernel variant, v2 or v3,
             from $PAMM_SCAN_KERNEL, default v2) or ``"auto"``: triton on CUDA tensors when Triton works there,
             chunked otherwise.

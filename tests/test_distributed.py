@@ -1,12 +1,18 @@
 """DDP on CPU (gloo): two processes with the global batch split between them end with identical weights, equal to
-one process training on the whole global batch (exact pooling of losses and BatchNorm over the global batch)."""
+one process training on the whole global batch (exact pooling of losses and BatchNorm over the global batch).
 
+In float32 the two runs differ by rounding (the convolutions sum in other orders), and a pretrained convolutional
+backbone with BatchNorm amplifies it step by step; so the end-to-end run is compared on its weight *updates*, and
+exactness is checked in float64 (forward and every gradient of the model with its BatchNorms pooled)."""
+
+import json
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -31,7 +37,7 @@ def tiny_nyud(tmp_path_factory):
 def _overrides(root, batch):
     return [f"data.root={root}", "data.train_size=[64,96]", "data.test_size=[64,96]", "data.workers=0",
             "model.dim=32", "model.router_noise=false", "model.backbone.drop_path=0.0", "model.scan.backend=auto",
-            "train.optimizer=sgd", "train.lr=0.01", "train.warmup_iters=0", "train.iterations=3",
+            "train.optimizer=sgd", "train.lr=0.01", "train.warmup_iters=0", "train.iterations=2",
             f"train.batch_size={batch}", "train.eval_every=0", "train.checkpoint_every=0", "eval.batch_size=1",
             "eval.edge=false"]
 
@@ -47,21 +53,49 @@ def test_two_process_ddp_matches_single_process(tiny_nyud, tmp_path):
                          env=env, capture_output=True, text=True, timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     ref = torch.load(tmp_path / "single-rank0.pt")
+    init = torch.load(tmp_path / "single-rank0-init.pt")
     rank0 = torch.load(tmp_path / "ddp-rank0.pt")
     rank1 = torch.load(tmp_path / "ddp-rank1.pt")
     assert ref.keys() == rank0.keys() == rank1.keys()
+    assert all(torch.equal(init[k], torch.load(tmp_path / "ddp-rank0-init.pt")[k]) for k in init)
+    err = upd = 0.0
+    relative = []
     for k in ref:
         assert torch.equal(rank0[k], rank1[k]), f"ranks differ at {k}"
-        if ref[k].is_floating_point():
-            torch.testing.assert_close(rank0[k], ref[k], rtol=2e-4, atol=2e-6, msg=f"DDP != single process at {k}")
-        else:
+        if not ref[k].is_floating_point():
             assert torch.equal(rank0[k], ref[k]), k
-    # the run really trained (3 steps of BatchNorm statistics over the global batch) and the checkpoint written by
+            continue
+        update, diff = (ref[k] - init[k]).double(), (rank0[k] - ref[k]).double()
+        err, upd = err + diff.square().sum().item(), upd + update.square().sum().item()
+        if update.norm() > 0:
+            relative.append((diff.norm() / update.norm()).item())
+    # measured: 2e-4 overall, median 5e-3 (rounding); BatchNormAct2d left per-process (a bug we had): median 0.9
+    assert (err / upd) ** 0.5 < 1e-2, f"DDP updates differ from the single process's by {(err / upd) ** 0.5:.2e}"
+    assert float(np.median(relative)) < 2e-2, f"median relative update difference {np.median(relative):.2e}"
+    # the run really trained (2 steps of BatchNorm statistics over the global batch) and the checkpoint written by
     # rank 0 alone holds these weights
-    assert ref["heads.depth.proj.1.num_batches_tracked"] == 3
+    assert ref["heads.depth.proj.1.num_batches_tracked"] == 2
     assert ref["heads.depth.proj.1.running_mean"].abs().sum() > 0
     from pamm.engine.checkpoint import load_weights
 
-    stored, _, extra = load_weights(tmp_path / "ddp" / "checkpoints" / "step-0000003.safetensors")
-    assert extra["step"] == 3 and torch.equal(stored["heads.depth.pred.weight"], rank0["heads.depth.pred.weight"])
+    stored, _, extra = load_weights(tmp_path / "ddp" / "checkpoints" / "step-0000002.safetensors")
+    assert extra["step"] == 2 and torch.equal(stored["heads.depth.pred.weight"], rank0["heads.depth.pred.weight"])
     assert (tmp_path / "ddp" / "metrics.json").exists()
+
+
+EXACT = Path(__file__).parent / "helpers" / "ddp_float64_exactness.py"
+
+
+def test_pooled_batchnorm_is_exact_in_float64(tmp_path):
+    """The demo model (EfficientNet-Lite0 with timm's BatchNormAct2d, PAMM's BatchNorm2d) in float64: two processes
+    with half the batch each give the whole batch's outputs and, all-reduced, its gradients, to 1e-9."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(EXACT),
+                           str(tmp_path / "report")], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        report = json.loads((tmp_path / f"report{rank}.json").read_text())
+        assert report["converted"]["AllReduceBatchNormAct2d"] > 10 and report["converted"]["AllReduceBatchNorm2d"] > 5
+        assert report["output_rel_err"] < 1e-9, report
+        assert report["grad_rel_err"] < 1e-9, report

@@ -138,6 +138,24 @@ def test_threads_give_identical_results():
     assert all(torch.equal(a, b) for a, b in zip(*results))
 
 
+def test_leaves_pytorch_thread_count_alone():
+    """numba's "omp" threading layer shares OpenMP's thread count with PyTorch; a scan must not change PyTorch's
+    (it did: every later PyTorch op then ran on numba's count, and bilinear resizes in the data pipeline rounded
+    differently after a resume)."""
+    import numba
+
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            inputs = make_inputs(b=2, d=8, L=10, groups=2, dtype=torch.float32)
+            y = selective_scan_cpu(**inputs, orders=random_orders(2, 10))
+            y.sum().backward()
+            assert torch.get_num_threads() == threads, (numba.threading_layer(), numba.get_num_threads())
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_no_grad_inputs_and_no_warnings():
     inputs = {k: v.detach() if v is not None else None for k, v in make_inputs(L=9).items()}
     inputs["u"].requires_grad_()

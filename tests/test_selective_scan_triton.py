@@ -1,4 +1,4 @@
-"""The Triton selective scan against the sequential reference, on CPU through Triton's interpreter.
+"""The v2 Triton selective scan (the v3 one: test_selective_scan_triton_tiled.py) against the sequential reference, on CPU through Triton's interpreter.
 
 Triton decides whether kernels are compiled or interpreted when ``triton.language`` is first imported, which in a
 full test session happens early (timm imports triton). So the parent session runs this file again in a child Python
@@ -44,7 +44,7 @@ else:
                              seed=L)
         orders = scan_orders(3, 5) if K == "hilbert" else (None if K is None else random_orders(K, L, seed=L))
         assert_matches_reference(selective_scan_triton, inputs, 1e-10, delta_softplus=softplus, orders=orders,
-                                 knobs=dict(config=dict(chunk=chunk, block_d=4, bwd_block_d=4)))
+                                 knobs=dict(kernel="v2", config=dict(chunk=chunk, block_d=4, bwd_block_d=4)))
 
     def test_triton_float32_large_decays_channels_last():
         """The model's memory layout (channels-last u, delta; (b, L, g, N) B, C), |dt * A| up to 50, 4 orders."""
@@ -59,7 +59,7 @@ else:
             views[name] = inputs[name].detach().permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
             views[name].requires_grad_()
         assert_matches_reference(selective_scan_triton, views, 1e-5, orders=random_orders(4, L),
-                                 knobs=dict(config=dict(chunk=8, block_d=4, bwd_block_d=8)))
+                                 knobs=dict(kernel="v2", config=dict(chunk=8, block_d=4, bwd_block_d=8)))
 
     def test_triton_bfloat16_returns_input_dtype():
         inputs = make_inputs(b=1, d=4, N=4, L=9, dtype=torch.bfloat16)

@@ -50,9 +50,9 @@ class DistributedReducer(BatchReducer):
         return t
 
     def total(self, t: torch.Tensor) -> torch.Tensor:
-        from torch.distributed.nn.functional import all_reduce
+        from .ops.collectives import all_reduce_sum_autograd
 
-        return all_reduce(t)
+        return all_reduce_sum_autograd(t)
 
 
 LOCAL = BatchReducer()

@@ -1,6 +1,8 @@
-"""Train a config (as `pamm train`, one process or one torchrun rank) and dump this process's final weights.
+"""Train a config (as `pamm train`, one process or one torchrun rank) and dump this process's weights before and
+after training.
 
 usage: python train_and_dump.py RUN_DIR DUMP_PREFIX KEY=VALUE ...  (config overrides on top of the demo preset)
+writes DUMP_PREFIX{rank}.pt (final state dict) and DUMP_PREFIX{rank}-init.pt (the state training started from)
 """
 
 import sys
@@ -15,6 +17,15 @@ torch.set_num_threads(1)
 run_dir, prefix, *sets = sys.argv[1:]
 cfg = load_config("demo", dict(parse_override(s) for s in sets))
 trainer = Trainer(cfg, run_dir, progress=False, log=lambda msg: None)
+build = trainer._build
+
+
+def build_and_dump():
+    build()
+    torch.save({k: v.clone() for k, v in trainer.model.state_dict().items()}, f"{prefix}{trainer.dist.rank}-init.pt")
+
+
+trainer._build = build_and_dump
 trainer.fit()
 torch.save(trainer.model.state_dict(), f"{prefix}{trainer.dist.rank}.pt")
 shutdown_distributed()

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+from timm.layers import BatchNormAct2d, convert_sync_batchnorm
+
+from ..ops.collectives import all_reduce_sum_autograd
 
 __all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "all_reduce_sum", "all_reduce_arrays",
            "broadcast_object", "barrier"]
@@ -100,44 +103,70 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def _global_batch_norm(bn: torch.nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """Training-mode BatchNorm of ``x`` (b, c, h, w) with the statistics of the global batch, updating ``bn``'s
+    running statistics as BatchNorm2d does. Two differentiable all-reduces: the per-channel sums and element
+    count give the global mean, then the sums of squared deviations from it give the variance (two passes, not
+    E[x²] − mean², which cancels catastrophically where the mean is large against the spread). Forward and
+    backward are BatchNorm's over the global batch, up to float32 rounding."""
+    c = x.shape[1]
+    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # statistics in float32 at least
+    first = all_reduce_sum_autograd(torch.cat([xf.sum((0, 2, 3)), xf.new_tensor([float(x.numel() // c)])]))
+    n = first[-1]
+    mean = first[:c] / n
+    centred = xf - mean[None, :, None, None]
+    var = all_reduce_sum_autograd((centred * centred).sum((0, 2, 3))) / n
+    if bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked += 1
+            m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            bn.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+            bn.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1).clamp_min(1), alpha=m)
+    y = centred * torch.rsqrt(var + bn.eps)[None, :, None, None]
+    if bn.affine:
+        y = y * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
+    return y.to(x.dtype)
+
+
 class AllReduceBatchNorm2d(torch.nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are pooled over every process (any backend, CPU included).
 
-    Sums of x and x² per channel and the element count are all-reduced with a differentiable all-reduce, so the
-    forward and backward are exactly those of BatchNorm over the global batch. (PyTorch's SyncBatchNorm needs GPUs;
-    :func:`sync_batchnorm` uses it there.)
+    Forward and backward are exactly those of BatchNorm over the global batch (:func:`_global_batch_norm`).
+    (PyTorch's SyncBatchNorm needs GPUs; :func:`sync_batchnorm` uses it there.)
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and _active()):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
+        return _global_batch_norm(self, x)
 
-        c = x.shape[1]
-        xf = x.float()
-        local = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)),
-                           xf.new_tensor([x.numel() // c], dtype=torch.float32)])
-        stats = all_reduce(local)
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = (stats[c: 2 * c] / n - mean * mean).clamp_min(0)
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked += 1
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1).clamp_min(1), alpha=m)
-        y = (xf - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
-        if self.affine:
-            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
-        return y.to(x.dtype)
+
+class AllReduceBatchNormAct2d(BatchNormAct2d):
+    """:class:`AllReduceBatchNorm2d` for timm's BatchNormAct2d (BatchNorm, then drop and activation: the norm of
+    timm's convolutional backbones such as EfficientNet)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and _active()):
+            return super().forward(x)
+        return self.act(self.drop(_global_batch_norm(self, x)))
 
 
 def sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """BatchNorm over the global batch: PyTorch's SyncBatchNorm on CUDA, :class:`AllReduceBatchNorm2d` elsewhere."""
+    """BatchNorm over the global batch for every BatchNorm of ``model`` (timm's BatchNormAct2d included, its
+    activation kept): timm's / PyTorch's SyncBatchNorm on CUDA, :class:`AllReduceBatchNorm2d` elsewhere.
+    Raises TypeError for a BatchNorm subclass it does not know how to pool (rather than silently leaving it
+    per-process or dropping what the subclass adds)."""
     if device.type == "cuda":
-        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    for module in model.modules():
+        return convert_sync_batchnorm(model)  # timm's: BatchNormAct2d -> SyncBatchNormAct, BatchNorm2d -> SyncBatchNorm
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            continue
         if type(module) is torch.nn.BatchNorm2d:
             module.__class__ = AllReduceBatchNorm2d
+        elif type(module) is BatchNormAct2d:
+            module.__class__ = AllReduceBatchNormAct2d
+        elif not isinstance(module, (AllReduceBatchNorm2d, AllReduceBatchNormAct2d, torch.nn.SyncBatchNorm)):
+            raise TypeError(f"cannot pool the statistics of {name!r} ({type(module).__module__}."
+                            f"{type(module).__qualname__}) over processes: expected torch.nn.BatchNorm2d or "
+                            "timm's BatchNormAct2d")
     return model

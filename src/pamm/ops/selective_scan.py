@@ -220,8 +220,8 @@ def selective_scan(
         backend: ``"reference"`` (sequential, the ground truth), ``"chunked"`` (PyTorch, CPU and GPU), ``"cpu"``
             (Numba kernels, CPU tensors),
             ``"triton"`` (fused GPU kernels; rows of ``orders`` must be permutations; the kernel variant, v2 or v3,
-            from $PAMM_SCAN_KERNEL, default v2) or ``"auto"``: triton on CUDA tensors when Triton works there,
-            chunked otherwise.
+            from $PAMM_SCAN_KERNEL, default v3) or ``"auto"``: triton on CUDA tensors when Triton works there,
+            cpu on CPU tensors when numba is installed, chunked otherwise.
 
     Returns:
         (b, d, L) in u's dtype, computed in float32 (float64 for float64 inputs).

@@ -246,7 +246,9 @@ def _visits(orders: Tensor | None, length: int, like: Tensor) -> Tensor:
     """How many times the scans visit each position (L,): the D * u term is added once per visit."""
     if orders is None:
         return like.new_ones(length)
-    return torch.bincount(orders.reshape(-1), minlength=length).to(like.dtype)
+    flat = orders.reshape(-1)
+    # scatter_add rather than bincount: it also runs on meta tensors (shape inference, device moves).
+    return like.new_zeros(length).scatter_add_(0, flat, like.new_ones(flat.shape))
 
 
 def _prepare_common(u, delta, A, B, C, delta_bias, delta_softplus, cdt):

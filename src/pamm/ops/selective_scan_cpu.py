@@ -544,12 +544,18 @@ def _run(kernel, *args, shape: tuple[int, int, int], groups: int) -> None:
     """Run a kernel on ``_threads()`` numba threads, with its (width, slots) blocking appended to ``args``."""
     b, d, L = shape
     threads = _threads()
+    torch_threads = torch.get_num_threads()
     previous = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
         kernel(*args, block_width(d // groups, L), max(1, min(threads, b * groups)))
     finally:
         numba.set_num_threads(previous)
+        # Under numba's "omp" threading layer, set_num_threads sets the OpenMP thread count that PyTorch shares:
+        # put PyTorch's back, or every later PyTorch op (and its rounding, where results depend on the split)
+        # would run on numba's thread count.
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
 
 
 class _CpuScan(torch.autograd.Function):

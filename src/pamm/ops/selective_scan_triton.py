@@ -532,7 +532,7 @@ def selective_scan_triton(
     """Selective scan through the Triton kernels; same signature and semantics as ``selective_scan_reference``
     (every row of ``orders`` must be a permutation), plus ``config``: launch parameters overriding those of the
     variant's ``kernel_config``, and ``kernel``: ``"v2"`` (this module) or ``"v3"`` (tiled,
-    ``selective_scan_triton_tiled``); None: $PAMM_SCAN_KERNEL, else v2.
+    ``selective_scan_triton_tiled``); None: $PAMM_SCAN_KERNEL, else ``DEFAULT_TRITON_KERNEL`` (v3).
 
     Shapes: u, delta (b, d, L) any strides; A (d, N); B, C (b, N, L) or (b, g, N, L); D, delta_bias (d,);
     orders (K, L). Returns (b, d, L) in u's dtype, computed in float32 (float64 for float64 inputs).

@@ -1,4 +1,5 @@
-"""The v2 Triton selective scan (the v3 one: test_selective_scan_triton_tiled.py) against the sequential reference, on CPU through Triton's interpreter.
+"""The v2 Triton selective scan (v3: test_selective_scan_triton_tiled.py) against the sequential reference, on CPU
+through Triton's interpreter.
 
 Triton decides whether kernels are compiled or interpreted when ``triton.language`` is first imported, which in a
 full test session happens early (timm imports triton). So the parent session runs this file again in a child Python

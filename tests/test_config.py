@@ -54,6 +54,7 @@ def test_yaml_file_with_base(tmp_path):
     ({"data.tasks": ["sal"]}, r"config key 'data.tasks': 'sal' is not a task of nyud"),
     ({"data.train_size": [450, 576]}, r"config key 'data.train_size': must be a multiple of the backbone patch"),
     ({"train.amp": "fp8"}, r"config key 'train.amp': must be one of"),
+    ({"data.scale_range": [2.0, 0.5]}, r"config key 'data.scale_range': must be \[low, high\] with 0 < low <= high"),
     ({"train.loss_weights": {"semseg": 1.0}}, r"config key 'train.loss_weights': no weight for task 'depth'"),
     ({"model.backbone": 3}, r"config key 'model.backbone': expected a mapping"),
 ])

@@ -211,6 +211,7 @@ def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_pa
     assert victim.returncode == -signal.SIGKILL, victim.stderr.read().decode()[-2000:]
     train(tmp_path / "killed", "--resume")
     assert "resumed from step-" in (tmp_path / "killed" / "train.log").read_text()
+    assert "step 12: val semseg mIoU " in (tmp_path / "straight" / "train.log").read_text()  # evaluations logged
     a, _, extra_a = load_weights(tmp_path / "straight" / "checkpoints" / "step-0000012.safetensors")
     b, _, extra_b = load_weights(tmp_path / "killed" / "checkpoints" / "step-0000012.safetensors")
     assert extra_a["step"] == extra_b["step"] == 12 and a.keys() == b.keys()

@@ -146,6 +146,17 @@ def test_test_pipeline_pads_to_size_and_multiple():
         build_transforms(True, (20, 30))
 
 
+def test_train_pipeline_scale_range_is_configurable():
+    """scale_range (1, 1) keeps every label where it was (only crop/pad/flip move pixels); the default rescales."""
+    sample = raw_sample(32, 48)
+    for seed in range(6):
+        out = build_transforms(True, (32, 48), multiple=16, scale_range=(1.0, 1.0))(dict(sample), rng(seed))
+        flipped = not torch.equal(out["semseg"], sample["semseg"])
+        assert torch.equal(out["semseg"], sample["semseg"].flip(-1) if flipped else sample["semseg"])
+        assert torch.equal(out["depth"], sample["depth"].flip(-1) if flipped else sample["depth"])
+    assert "RandomScale((0.5, 2.0))" in repr(build_transforms(True, (32, 48)))
+
+
 def test_normalize_uses_imagenet_statistics():
     sample = raw_sample(2, 2)
     sample["image"] = torch.full((3, 2, 2), 255.0)

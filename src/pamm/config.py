@@ -189,6 +189,7 @@ class DataConfig:
         test_size: evaluation pad size (H, W); images are padded (never resized) to at least this size and to
             a multiple of the patch size.
         workers: DataLoader worker processes.
+        scale_range: training augmentation's random rescale factors [low, high] (paper: [0.5, 2.0]).
     """
 
     dataset: str = "nyud"
@@ -197,6 +198,7 @@ class DataConfig:
     train_size: list[int] = field(default_factory=lambda: [448, 576])
     test_size: list[int] = field(default_factory=lambda: [448, 576])
     workers: int = 4
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
 
     def validate(self, key: str) -> None:
         _check(self.dataset in DATASETS, f"{key}.dataset", f"must be one of {sorted(DATASETS)}, got {self.dataset!r}")
@@ -208,6 +210,8 @@ class DataConfig:
             v = getattr(self, name)
             _check(len(v) == 2 and all(s > 0 for s in v), f"{key}.{name}", f"must be [height, width] > 0, got {v}")
         _check(self.workers >= 0, f"{key}.workers", f"must be >= 0, got {self.workers}")
+        _check(len(self.scale_range) == 2 and 0 < self.scale_range[0] <= self.scale_range[1],
+               f"{key}.scale_range", f"must be [low, high] with 0 < low <= high, got {self.scale_range}")
 
     @property
     def task_list(self) -> list[str]:

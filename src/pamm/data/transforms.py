@@ -335,7 +335,8 @@ class AddIgnoreRegions:
         return "AddIgnoreRegions()"
 
 
-def build_transforms(train: bool, size: tuple[int, int] | None, multiple: int = 16) -> Compose:
+def build_transforms(train: bool, size: tuple[int, int] | None, multiple: int = 16,
+                     scale_range: tuple[float, float] = (0.5, 2.0)) -> Compose:
     """The PAMM augmentation pipeline.
 
     Args:
@@ -343,6 +344,7 @@ def build_transforms(train: bool, size: tuple[int, int] | None, multiple: int = 
         size: (H, W). Training: crop and pad size (required, a multiple of ``multiple``); every training sample
             has exactly this size. Test: minimum padded size; ``None`` pads only to ``multiple``.
         multiple: test samples' H and W are padded up to multiples of this (16 = the ViT patch; 1 disables).
+        scale_range: the training pipeline's random rescale factors (paper: 0.5 to 2).
 
     Returns:
         ``transform(sample, rng) -> sample`` mapping a raw sample to the training/evaluation sample format.
@@ -354,7 +356,7 @@ def build_transforms(train: bool, size: tuple[int, int] | None, multiple: int = 
             raise ValueError(f"training size {tuple(size)} must be a multiple of {multiple} (or pass multiple=1)")
         return Compose(
             [
-                RandomScale((0.5, 2.0)),
+                RandomScale(tuple(scale_range)),
                 RandomCrop(size, cat_max_ratio=0.75, max_retries=10),
                 RandomHorizontalFlip(0.5),
                 PhotometricDistortion(),

@@ -218,7 +218,8 @@ class Trainer:
         self._seed()
         self.tasks = cfg.data.task_list
         spec = dataset_spec(cfg.data.dataset)
-        train_tf = build_transforms(train=True, size=tuple(cfg.data.train_size), multiple=cfg.model.backbone.patch_size)
+        train_tf = build_transforms(train=True, size=tuple(cfg.data.train_size), multiple=cfg.model.backbone.patch_size,
+                                    scale_range=tuple(cfg.data.scale_range))
         self.train_set = build_dataset(cfg.data.dataset, cfg.data.root, "train", self.tasks, train_tf,
                                        seed=cfg.train.seed)
         model = build_model(cfg, load_backbone_weights=not self.resume)
@@ -398,12 +399,17 @@ class Trainer:
                            amp_dtype=self.amp_dtype)
         if self.reference is None:
             self.reference = metrics
-        if writer is not None:
-            from ..metrics import main_metric
+        if self.dist.is_main:
+            from ..metrics.multitask import TASK_METRICS
 
+            parts = []
             for t in self.tasks:
-                value, _ = main_metric(t, metrics[t])
-                writer.add_scalar(f"val/{t}", value, self.step)
+                key = TASK_METRICS[t][0]
+                value = float(metrics[t][key])
+                parts.append(f"{t} {key} {value:.4g}")
+                if writer is not None:
+                    writer.add_scalar(f"val/{t}", value, self.step)
+            self.log(f"step {self.step}: val " + ", ".join(parts))
         return metrics
 
     def fit(self) -> dict:

@@ -29,7 +29,7 @@ demo: install
 		$(foreach s,$(DEMO_SET),--set $(s)) $(if $(wildcard $(DEMO_RUN)/checkpoints/step-*),--resume,)
 	$(PY) -m pamm evaluate --run $(DEMO_RUN) --baselines
 	$(PY) -m pamm predict --checkpoint $(DEMO_RUN)/checkpoints/best.safetensors --out $(DEMO_RUN)/predictions \
-		$(wordlist 1,4,$(sort $(wildcard $(DEMO_DATA)/NYUDv2/images/*.png)))
+		$$(ls $(DEMO_DATA)/NYUDv2/images/*.png | sort | head -n 4)
 	@echo "demo finished: $(DEMO_RUN)/metrics.json, $(DEMO_RUN)/predictions/, TensorBoard: tensorboard --logdir $(DEMO_RUN)"
 
 test: install

@@ -217,3 +217,16 @@ def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_pa
     assert extra_a["step"] == extra_b["step"] == 12 and a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert different == [], f"resumed run differs in {different[:5]} (killed after step {kill_after})"
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_cpu_training_flushes_denormals_when_configured(tmp_path, flush):
+    """train.flush_denormal (default on): Adam's tiny second moments must not fall into slow denormal arithmetic."""
+    trainer = Trainer(tiny_config(train__flush_denormal=flush), tmp_path, device="cpu", progress=False,
+                      log=lambda msg: None)
+    try:
+        trainer._seed()
+        tiny = torch.tensor([1e-40]) * 2.0  # a denormal float32 result
+        assert bool(tiny[0] == 0) == flush
+    finally:
+        torch.set_flush_denormal(False)

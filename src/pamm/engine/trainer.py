@@ -204,6 +204,8 @@ class Trainer:
         random.seed(seed)
         np.random.seed(seed)  # noqa: NPY002 - seeds third-party users of the global RNG
         torch.manual_seed(seed)
+        if self.device.type == "cpu":
+            torch.set_flush_denormal(self.cfg.train.flush_denormal)
         if self.cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=self.device.type == "cuda")
             torch.backends.cudnn.benchmark = False

@@ -238,8 +238,8 @@ class TrainConfig:
         seed: base seed for weights, data order, augmentation and router noise.
         deterministic: deterministic algorithms (bitwise-reproducible resumes on CPU).
         flush_denormal: on CPU, flush denormal floats to zero (``torch.set_flush_denormal``). Adam's second moments
-            of rarely-used weights decay into the denormal range, where x86 arithmetic is ~100x slower: measured
-            on the demo, the optimizer step and convolution backward took 4x longer without it.
+            of rarely-used weights decay into the denormal range, where x86 arithmetic is far slower: the demo
+            trains 1.19x faster with it (BENCHMARKS.md, benchmarks/cpu_demo_speed.py).
         eval_every, checkpoint_every, log_every: in steps (0 disables periodic evaluation).
         max_nonfinite_steps: skipped steps with a non-finite loss or gradient before training stops.
         compile: ``torch.compile`` the decoder (GPU; compile time is minutes).

@@ -39,9 +39,14 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
-def run_variant(name: str, overrides: list[str], seed: int, args, log) -> dict:
+def run_dir(name: str, seed: int, args) -> Path:
+    """The folder of one variant's run with one seed."""
     slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
-    out = Path(args.runs) / f"{slug}-s{seed}"
+    return Path(args.runs) / f"{slug}-s{seed}"
+
+
+def run_variant(name: str, overrides: list[str], seed: int, args, log) -> dict:
+    out = run_dir(name, seed, args)
     metrics = out / "metrics.json"
     if metrics.exists() and not args.force:
         return json.loads(metrics.read_text())
@@ -66,8 +71,7 @@ def run_variant(name: str, overrides: list[str], seed: int, args, log) -> dict:
 
 def run_seconds(name: str, seed: int, args) -> float:
     """Wall time of a finished run (recorded by run_variant), 0 if unknown."""
-    slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
-    wall = Path(args.runs) / f"{slug}-s{seed}" / "wall_s.txt"
+    wall = run_dir(name, seed, args) / "wall_s.txt"
     return float(wall.read_text()) if wall.exists() else 0.0
 
 

@@ -57,7 +57,8 @@ def test_two_process_ddp_matches_single_process(tiny_nyud, tmp_path):
     rank0 = torch.load(tmp_path / "ddp-rank0.pt")
     rank1 = torch.load(tmp_path / "ddp-rank1.pt")
     assert ref.keys() == rank0.keys() == rank1.keys()
-    assert all(torch.equal(init[k], torch.load(tmp_path / "ddp-rank0-init.pt")[k]) for k in init)
+    ddp_init = torch.load(tmp_path / "ddp-rank0-init.pt")
+    assert all(torch.equal(init[k], ddp_init[k]) for k in init)
     err = upd = 0.0
     relative = []
     for k in ref:

@@ -62,6 +62,15 @@ def _grouped(t: Tensor) -> Tensor:
     return t.unsqueeze(1) if t.dim() == 3 else t
 
 
+def _visits(orders: Tensor | None, length: int, like: Tensor) -> Tensor:
+    """How many times the scans visit each position (L,): the D * u term is added once per visit."""
+    if orders is None:
+        return like.new_ones(length)
+    flat = orders.reshape(-1)
+    # scatter_add rather than bincount: it also runs on meta tensors (shape inference, device moves).
+    return like.new_zeros(length).scatter_add_(0, flat, like.new_ones(flat.shape))
+
+
 def selective_scan_reference(
     u: Tensor,
     delta: Tensor,

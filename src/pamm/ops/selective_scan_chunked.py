@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .selective_scan import _check_inputs, _grouped
+from .selective_scan import _check_inputs, _grouped, _visits
 
 __all__ = ["selective_scan_chunked", "default_blocking"]
 
@@ -240,15 +240,6 @@ class _ChunkedScan(torch.autograd.Function):
         g_bias = None if delta_bias is None else g_delta.sum((0, 2)).to(delta_bias.dtype)
         return (g_u.to(u.dtype), g_delta.to(delta.dtype), g_A.view(d, N).to(A.dtype), _ungroup_grad(totals["B"], B),
                 _ungroup_grad(totals["C"], C), g_D, g_bias, None, None, None, None)
-
-
-def _visits(orders: Tensor | None, length: int, like: Tensor) -> Tensor:
-    """How many times the scans visit each position (L,): the D * u term is added once per visit."""
-    if orders is None:
-        return like.new_ones(length)
-    flat = orders.reshape(-1)
-    # scatter_add rather than bincount: it also runs on meta tensors (shape inference, device moves).
-    return like.new_zeros(length).scatter_add_(0, flat, like.new_ones(flat.shape))
 
 
 def _prepare_common(u, delta, A, B, C, delta_bias, delta_softplus, cdt):

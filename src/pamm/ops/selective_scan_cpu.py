@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .selective_scan import _check_inputs, _grouped
+from .selective_scan import _check_inputs, _grouped, _visits
 
 try:
     import numba
@@ -509,7 +509,7 @@ def _kernel_inputs(u, delta, A, B, C, D, delta_bias, orders, cdt) -> tuple[list[
         if orders.numel() and (int(orders.min()) < 0 or int(orders.max()) >= L):
             raise ValueError(f"orders must index positions in [0, {L}), got values in "
                              f"[{int(orders.min())}, {int(orders.max())}]")
-        counts = torch.bincount(orders.flatten(), minlength=L).to(cdt)
+        counts = _visits(orders, L, torch.empty(0, dtype=cdt))
     tensors = [u.to(cdt).contiguous(), delta.to(cdt).contiguous(), A.to(cdt).contiguous(),
                Bg.to(cdt).expand(b, G, *Bg.shape[2:]).contiguous(), Cg.to(cdt).expand(b, G, *Cg.shape[2:]).contiguous(),
                torch.zeros(d, dtype=cdt) if D is None else D.to(cdt).contiguous(),

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +18,11 @@ import yaml
 from torch import Tensor
 
 from ..config import Config, ConfigError, config_from_dict, config_to_dict
+from ..fs import atomic_write, atomic_write_bytes
 
 __all__ = [
     "CheckpointError", "save_weights", "load_weights", "read_checkpoint_config", "load_model", "save_state",
-    "load_state", "atomic_write", "atomic_write_bytes", "FORMAT",
+    "load_state", "FORMAT",
 ]  # fmt: skip
 
 FORMAT = "pamm-checkpoint-1"
@@ -31,39 +30,6 @@ FORMAT = "pamm-checkpoint-1"
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, corrupted, of another model, or unsafe to load."""
-
-
-def atomic_write(path: Path, write) -> None:
-    """Create ``path`` through ``write(tmp_path)`` so that readers see either the old file or the complete new
-    one: the temporary file is fsynced, renamed over ``path``, and the folder fsynced."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Atomically replace ``path`` with ``data`` (see :func:`atomic_write`)."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-
-    atomic_write(path, write)
 
 
 def _digest(tensors: dict[str, Tensor]) -> str:

@@ -13,9 +13,9 @@ from torch.utils.data import DataLoader
 
 from ..config import Config
 from ..data import build_dataset, build_transforms, collate
+from ..fs import atomic_write_bytes
 from ..metrics import build_meters
 from ..tasks import postprocess
-from .checkpoint import atomic_write_bytes
 from .distributed import DistInfo, all_reduce_arrays
 
 __all__ = ["evaluate", "write_metrics", "format_table", "compute_baselines", "crop_valid"]

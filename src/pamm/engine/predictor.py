@@ -52,8 +52,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+from ..fs import atomic_write_bytes
 from ..tasks import postprocess
-from .checkpoint import atomic_write_bytes
 
 if TYPE_CHECKING:
     from ..models.pamm import ModelMeta

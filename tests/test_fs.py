@@ -5,11 +5,21 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
 from pamm import errors
-from pamm.fs import AtomicGroup, atomic_write, atomic_write_bytes, atomic_write_text, current_umask
+from pamm.fs import (
+    AtomicGroup,
+    StagedFolder,
+    _host_tag,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_text,
+    current_umask,
+)
 
 
 def _mode(path) -> int:
@@ -129,3 +139,121 @@ def test_describe_os_error_is_one_line_without_errno():
     assert line == "runs/x/last.safetensors: no space left on the device"
     e = PermissionError(errno.EACCES, "Permission denied", "/root/out")
     assert errors.describe_os_error(e) == "/root/out: Permission denied"
+
+
+# ---------------------------------------------------------------------------------------------- StagedFolder
+
+
+def _tree(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+def _old_folder(tmp_path):
+    target = tmp_path / "data"
+    (target / "sub").mkdir(parents=True)
+    (target / "sub" / "old.txt").write_text("old")
+    return target
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_staged_folder_appears_whole_with_plain_modes(tmp_path, umask):
+    target = tmp_path / "new" / "data"
+    old = os.umask(umask)
+    try:
+        with StagedFolder(target) as stage:
+            assert stage.path.parent == target.parent and stage.path.name.startswith(".data.staged-")
+            stage.write_bytes("a/b/c.bin", b"c")
+            stage.write_bytes("top.txt", b"t")
+            assert not target.exists()
+        (tmp_path / "plain").mkdir()
+    finally:
+        os.umask(old)
+    assert _tree(target) == {"a": None, "a/b": None, "a/b/c.bin": b"c", "top.txt": b"t"}
+    assert _mode(target) == _mode(target / "a") == _mode(tmp_path / "plain") == 0o777 & ~umask
+    assert _mode(target / "top.txt") == 0o666 & ~umask
+    assert sorted(p.name for p in target.parent.iterdir()) == ["data"]
+
+
+def test_staged_folder_discards_everything_when_the_block_raises(tmp_path):
+    target = _old_folder(tmp_path)
+    before = _tree(tmp_path)
+    for replace in (False, True):
+        with pytest.raises(KeyboardInterrupt):
+            with StagedFolder(target, replace=replace) as stage:
+                stage.write_bytes("new.txt", b"new")
+                raise KeyboardInterrupt
+        assert _tree(tmp_path) == before
+
+
+def test_staged_folder_write_error_names_the_final_path(tmp_path, monkeypatch):
+    target = _old_folder(tmp_path)
+    before = _tree(tmp_path)
+
+    def full_open(path, mode="r", *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("pamm.fs.open", full_open, raising=False)
+    with pytest.raises(errors.ResourceError) as info:
+        with StagedFolder(target, replace=True) as stage:
+            stage.write_bytes("images/1.png", b"x")
+    assert str(info.value) == f"could not write {target / 'images/1.png'}: no space left on the device"
+    assert errors.exit_code(info.value) == errors.EXIT_RESOURCE
+    assert _tree(tmp_path) == before
+
+
+def test_staged_folder_refuses_an_existing_target_unless_replacing(tmp_path):
+    target = _old_folder(tmp_path)
+    before = _tree(tmp_path)
+    with pytest.raises(FileExistsError, match="left as it is"):
+        with StagedFolder(target) as stage:
+            stage.write_bytes("new.txt", b"new")
+    assert _tree(tmp_path) == before
+    with StagedFolder(target, replace=True) as stage:
+        stage.write_bytes("new.txt", b"new")
+    assert _tree(tmp_path) == {"data": None, "data/new.txt": b"new"}  # the old folder is gone, no leftovers
+    (tmp_path / "empty").mkdir()
+    with StagedFolder(tmp_path / "empty") as stage:  # an empty folder is simply filled
+        stage.write_bytes("x", b"x")
+    assert (tmp_path / "empty" / "x").read_bytes() == b"x"
+
+
+def test_staged_folder_puts_the_old_folder_back_when_the_swap_fails(tmp_path, monkeypatch):
+    target = _old_folder(tmp_path)
+    before = _tree(tmp_path)
+    real_rename, calls = os.rename, []
+
+    def rename(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the old folder was moved aside; moving the new one in fails
+            raise OSError(errno.EIO, "Input/output error")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(errors.ResourceError, match="could not move the new folder into place"):
+        with StagedFolder(target, replace=True) as stage:
+            stage.write_bytes("new.txt", b"new")
+    assert _tree(tmp_path) == before
+
+
+def test_staged_folder_removes_only_stale_leftovers(tmp_path):
+    target = tmp_path / "data"
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(finished.stdout)
+    host = _host_tag()
+    leftovers = {
+        f".data.staged-{host}-{dead}-abc": False,  # a killed run of this host: removed
+        f".data.staged-{host}-{os.getppid()}-abc": True,  # a live process: kept
+        f".data.staged-otherhost-{dead}-abc": True,  # another machine (shared disk): kept
+        f".data.replaced-{host}-{dead}-abc": True,  # an old folder while the target is missing: kept
+        f".other.staged-{host}-{dead}-abc": True,  # another target: kept
+    }
+    for name in leftovers:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_text("x")
+    with StagedFolder(target) as stage:
+        stage.write_bytes("f", b"f")
+    kept = {name for name, keep in leftovers.items() if keep}
+    assert {p.name for p in tmp_path.iterdir()} == kept | {"data"}
+    with StagedFolder(target, replace=True) as stage:  # now that the target exists, the stale old folder goes
+        stage.write_bytes("f", b"f")
+    assert {p.name for p in tmp_path.iterdir()} == kept - {f".data.replaced-{host}-{dead}-abc"} | {"data"}

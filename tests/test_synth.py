@@ -1,8 +1,16 @@
-"""Procedural dataset generator: ground-truth consistency, determinism, on-disk formats and argument checks."""
+"""Procedural dataset generator: ground-truth consistency, determinism, on-disk formats, argument checks, and the
+safety of writing a dataset (refusals, replacement, interruption, a full disk)."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +18,8 @@ import pytest
 from PIL import Image
 from scipy.io import loadmat
 
+import pamm.fs
+from pamm import errors
 from pamm.data import synth
 from pamm.data.synth import (
     DATASET_FOLDERS,
@@ -24,6 +34,8 @@ from pamm.data.synth import (
     scene_rng,
     synthesize,
 )
+from pamm.data.synth import dataset as synth_dataset
+from pamm.data.synth.render import boundaries
 from pamm.tasks import NYUD_CLASSES, PASCAL_CLASSES
 
 SIZE = (48, 64)
@@ -140,14 +152,14 @@ def test_boundaries_mark_only_the_occluding_side():
     instances = np.zeros((20, 24), dtype=np.int32)
     instances[5:15, 6:18] = 1
     depth = np.where(instances == 1, 2.0, 5.0).astype(np.float32)
-    edge = synth._boundaries(instances, depth).astype(bool)
+    edge = boundaries(instances, depth).astype(bool)
     outline = np.zeros_like(edge)
     outline[5:15, 6:18] = True
     outline[6:14, 7:17] = False
     np.testing.assert_array_equal(edge, outline)
     depth[:, 12:] *= 1.5  # a depth step inside the background: one line on its nearer side
     depth[instances == 1] = 2.0
-    edge = synth._boundaries(instances, depth).astype(bool)
+    edge = boundaries(instances, depth).astype(bool)
     extra = edge & ~outline
     assert extra[:, 11].sum() == 10 and extra.sum() == 10  # rows outside the box, column left of the step
 
@@ -358,9 +370,10 @@ def test_preview(tmp_path):
 )
 def test_bad_arguments(tmp_path, kwargs, match):
     args = {"layout": "nyud", "n_train": 1, "n_val": 0, "size": SIZE, "seed": 0, "progress": False, **kwargs}
-    with pytest.raises(ValueError, match=match):
-        synthesize(tmp_path, **args)
-    assert not (tmp_path / "NYUDv2").exists()
+    with pytest.raises(ValueError, match=match) as info:
+        synthesize(tmp_path / "data", **args)
+    assert errors.exit_code(info.value) == errors.EXIT_INPUT and "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # nothing created
 
 
 def test_parse_size():
@@ -376,52 +389,272 @@ def test_out_must_be_a_folder(tmp_path):
         synthesize(tmp_path / "file", "nyud", 1, 0, SIZE, 0, progress=False)
 
 
-def test_refuses_foreign_folders_and_regenerates_its_own(tmp_path):
-    foreign = tmp_path / "NYUDv2"
-    foreign.mkdir()
-    (foreign / "notes.txt").write_text("real data")
-    with pytest.raises(FileExistsError, match="overwrite"):
-        synthesize(tmp_path, "nyud", 1, 0, SIZE, 0, progress=False)
-    with pytest.raises(ValueError, match="overwrite"):  # also a ValueError, for the CLI
-        synthesize(tmp_path, "nyud", 1, 0, SIZE, 0, progress=False)
-    synthesize(tmp_path, "nyud", 1, 0, SIZE, 0, progress=False, overwrite=True)
-    assert (foreign / "notes.txt").exists() and (foreign / "images/0001.png").exists()
-    with pytest.raises(FileExistsError):  # still not ours: a later run must not delete the user's files
-        synthesize(tmp_path, "nyud", 1, 0, SIZE, 0, progress=False)
-    synthesize(tmp_path, "nyud", 1, 0, SIZE, 0, progress=False, overwrite=True)
-    assert (foreign / "notes.txt").exists()
-
-    own = tmp_path / "own"
-    synthesize(own, "nyud", 3, 0, SIZE, 0, progress=False)
-    synthesize(own, "nyud", 1, 0, SIZE, 0, progress=False)  # its own output: replaced, stale files removed
-    assert sorted(p.name for p in (own / "NYUDv2/images").iterdir()) == ["0001.png"]
-    with pytest.raises(ValueError, match="parent"):
-        synthesize(own / "NYUDv2", "nyud", 1, 0, SIZE, 0, progress=False)
-
-
-def test_interrupted_run_lists_no_missing_files(tmp_path, monkeypatch):
-    real = synth._write_example
-    calls = []
-
-    def flaky(job):
-        calls.append(job)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(job)
-
-    monkeypatch.setattr(synth, "_write_example", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        synthesize(tmp_path, "pascal", 4, 1, SIZE, 0, progress=False)
-    root = tmp_path / "PASCALContext"
-    assert not list((root / "ImageSets").rglob("*.txt"))
-    assert json.loads((root / MARKER_FILE).read_text())["complete"] is False
-    monkeypatch.setattr(synth, "_write_example", real)
-    synthesize(tmp_path, "pascal", 4, 1, SIZE, 0, progress=False)  # a rerun may replace the partial output
-    assert len((root / "ImageSets/Context/train.txt").read_text().split()) == 4
-
-
 def test_image_ids_are_stable():
     assert image_id("nyud", "train", 0) == "0001" and image_id("nyud", "val", 0) == "0002"
     assert image_id("pascal", "val", 41) == "2009_000042"
     with pytest.raises(ValueError, match="split"):
         image_id("nyud", "test", 0)
+
+
+# ------------------------------------------------------------------------------ refusing, replacing, failing
+
+PAMM = [sys.executable, "-m", "pamm"]
+DISK_FULL = Path(__file__).parent / "helpers" / "pamm_disk_full.py"
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under ``root`` (hidden ones included)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def _synth_cli(out: Path, *args: str, runner: list[str] = PAMM) -> subprocess.CompletedProcess:
+    command = [*runner, "data", "synth", "--out", str(out), "--size", "32x40", "--quiet", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def _one_line_error(result: subprocess.CompletedProcess) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("pamm data: error: ") and "Traceback" not in result.stderr
+    return lines[0]
+
+
+def _no_hidden_folders(folder: Path) -> None:
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_cli_refuses_an_existing_dataset_without_overwrite(tmp_path):
+    """Issue 12.1: an existing dataset is never deleted or regenerated without --overwrite."""
+    synthesize(tmp_path, "nyud", 5, 2, (32, 40), seed=0, progress=False)
+    before = _hashes(tmp_path)
+    result = _synth_cli(tmp_path, "--train", "2", "--val", "1")
+    assert result.returncode == 2
+    line = _one_line_error(result)
+    assert str(tmp_path / "NYUDv2") in line and "--overwrite" in line and "5 train + 2 val" in line
+    assert _hashes(tmp_path) == before
+
+
+def test_cli_overwrite_replaces_its_own_dataset(tmp_path):
+    preview = tmp_path / "sheet.png"
+    synthesize(tmp_path, "nyud", 5, 2, (32, 40), seed=0, preview=preview, progress=False)
+    old_preview = preview.read_bytes()
+    result = _synth_cli(tmp_path, "--train", "2", "--val", "1", "--seed", "3", "--overwrite", "--preview", str(preview))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"replaced the dataset in {tmp_path / 'NYUDv2'}: 2 train + 1 val")
+    root = tmp_path / "NYUDv2"
+    assert sorted(p.name for p in (root / "images").iterdir()) == ["0001.png", "0002.png", "0003.png"]
+    assert json.loads((root / MARKER_FILE).read_text())["seed"] == 3
+    assert preview.read_bytes() != old_preview
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["NYUDv2", "sheet.png"]  # the old one is gone, no leftovers
+    fresh = tmp_path / "fresh"
+    synthesize(fresh, "nyud", 2, 1, (32, 40), seed=3, progress=False)
+    assert _hashes(root) == _hashes(fresh / "NYUDv2")  # exactly what a first run writes
+
+
+def test_cli_never_touches_a_folder_it_did_not_write(tmp_path):
+    foreign = tmp_path / "NYUDv2"
+    (foreign / "images").mkdir(parents=True)
+    (foreign / "images" / "0001.png").write_bytes(b"the user's real image")
+    (foreign / "notes.txt").write_text("real data")
+    before = _hashes(tmp_path)
+    with pytest.raises(synth.SynthOutputExistsError, match="never overwritten"):
+        synthesize(tmp_path, "nyud", 1, 0, SIZE, 0, progress=False)
+    result = _synth_cli(tmp_path, "--train", "1", "--val", "0", "--overwrite")  # not even with --overwrite
+    assert result.returncode == 2
+    line = _one_line_error(result)
+    assert str(foreign) in line and MARKER_FILE in line and "never overwritten" in line
+    assert _hashes(tmp_path) == before
+    _no_hidden_folders(tmp_path)
+
+
+def test_overwrite_keeps_files_the_user_added_to_a_synthetic_dataset(tmp_path):
+    synthesize(tmp_path, "nyud", 2, 1, SIZE, 0, progress=False)
+    (tmp_path / "NYUDv2" / "images" / "my_photo.jpg").write_bytes(b"not regenerable")
+    before = _hashes(tmp_path)
+    with pytest.raises(synth.SynthOutputExistsError) as info:
+        synthesize(tmp_path, "nyud", 1, 1, SIZE, 0, progress=False, overwrite=True)
+    assert "images/my_photo.jpg" in str(info.value) and "not replaced" in str(info.value)
+    assert errors.exit_code(info.value) == errors.EXIT_INPUT
+    assert _hashes(tmp_path) == before
+
+
+def test_markers_that_do_not_own_the_folder_are_foreign(tmp_path):
+    """An older version with overwrite=True wrote into other people's folders and marked them owns_folder: false;
+    a folder whose marker is damaged or from another tool is foreign too."""
+    root = tmp_path / "NYUDv2"
+    for marker in ({"generator": "pamm.data.synth", "owns_folder": False, "layout": "nyud"}, {"generator": "x"},
+                   "not json"):  # fmt: skip
+        root.mkdir(exist_ok=True)
+        (root / MARKER_FILE).write_text(marker if isinstance(marker, str) else json.dumps(marker))
+        with pytest.raises(synth.SynthOutputExistsError, match="never overwritten"):
+            synthesize(tmp_path, "nyud", 1, 0, SIZE, 0, progress=False, overwrite=True)
+        assert [p.name for p in root.iterdir()] == [MARKER_FILE]
+
+
+def test_an_empty_dataset_folder_is_filled(tmp_path):
+    (tmp_path / "NYUDv2").mkdir()
+    summary = synthesize(tmp_path, "nyud", 1, 1, SIZE, 0, progress=False)
+    assert summary["replaced"] is False and (tmp_path / "NYUDv2/gt_sets/val.txt").read_text() == "0002\n"
+
+
+def test_out_inside_a_dataset_folder_and_symlinked_roots_are_refused(tmp_path):
+    synthesize(tmp_path / "own", "nyud", 1, 0, SIZE, 0, progress=False)
+    with pytest.raises(ValueError, match="parent"):
+        synthesize(tmp_path / "own" / "NYUDv2", "nyud", 1, 0, SIZE, 0, progress=False)
+    (tmp_path / "link").mkdir()
+    (tmp_path / "link" / "NYUDv2").symlink_to(tmp_path / "own" / "NYUDv2")
+    before = _hashes(tmp_path / "own")
+    with pytest.raises(ValueError, match="symbolic link") as info:
+        synthesize(tmp_path / "link", "nyud", 1, 0, SIZE, 0, progress=False, overwrite=True)
+    assert errors.exit_code(info.value) == errors.EXIT_INPUT
+    assert _hashes(tmp_path / "own") == before
+
+
+def test_preview_is_refused_when_it_would_destroy_something(tmp_path):
+    preview = tmp_path / "sheet.png"
+    preview.write_bytes(b"an earlier sheet")
+    with pytest.raises(synth.SynthOutputExistsError, match="preview.*overwrite"):
+        synthesize(tmp_path, "nyud", 1, 0, SIZE, 0, preview=preview, progress=False)
+    assert preview.read_bytes() == b"an earlier sheet" and not (tmp_path / "NYUDv2").exists()
+    with pytest.raises(ValueError, match="inside the dataset folder"):
+        synthesize(tmp_path, "nyud", 1, 0, SIZE, 0, preview=tmp_path / "NYUDv2" / "sheet.png", progress=False)
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(ValueError, match="is a folder"):
+        synthesize(tmp_path, "nyud", 1, 0, SIZE, 0, preview=tmp_path / "dir.png", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.png", "sheet.png"]
+
+
+def test_an_interrupted_first_run_leaves_nothing(tmp_path, monkeypatch):
+    real, calls = synth_dataset._render_example, []
+
+    def interrupted(job):
+        calls.append(job)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(synth_dataset, "_render_example", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(tmp_path / "data" / "synthetic", "pascal", 4, 1, SIZE, 0, progress=False)
+    assert list(tmp_path.iterdir()) == []  # not even the folders created for --out
+
+
+_RENDER_EXAMPLE = synth_dataset._render_example
+
+
+def _render_failing_at_index_5(job):  # module level: worker processes receive it by name
+    if job[3] == 5:
+        raise RuntimeError("a render failed")
+    return _RENDER_EXAMPLE(job)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_interrupted_replacement_keeps_the_old_dataset(tmp_path, monkeypatch, workers):
+    synthesize(tmp_path, "nyud", 3, 1, SIZE, 0, progress=False)
+    before = _hashes(tmp_path)
+    monkeypatch.setattr(synth_dataset, "_render_example", _render_failing_at_index_5)
+    with pytest.raises(RuntimeError, match="a render failed"):
+        synthesize(tmp_path, "nyud", 8, 2, SIZE, 5, progress=False, overwrite=True, workers=workers)
+    assert _hashes(tmp_path) == before
+    _no_hidden_folders(tmp_path)
+
+
+def _disk_full_open(budget: int):
+    spec = importlib.util.spec_from_file_location("pamm_disk_full", DISK_FULL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.fill_after(budget)
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_disk_full_names_the_file_and_leaves_no_partial_dataset(tmp_path, monkeypatch, existing):
+    """Issue 12.5: one line naming the file and "no space left", exit status 3, no half-written dataset, and an
+    existing dataset being replaced stays as it was."""
+    full = synthesize(tmp_path / "full", "pascal", 6, 2, SIZE, 1, progress=False)
+    needed = sum(p.stat().st_size for p in Path(full["root"]).rglob("*") if p.is_file())
+    if existing:
+        synthesize(tmp_path, "pascal", 2, 1, SIZE, 0, progress=False)
+    before = _hashes(tmp_path)
+    monkeypatch.setattr(pamm.fs, "open", _disk_full_open(needed // 2), raising=False)  # full half-way
+    with pytest.raises(errors.ResourceError) as info:
+        synthesize(tmp_path, "pascal", 6, 2, SIZE, 1, progress=False, overwrite=True)
+    message = str(info.value)
+    assert "\n" not in message and "no space left" in message and "Errno" not in message
+    named = message.split("could not write ", 1)[1].split(":", 1)[0]
+    assert named.startswith(str(tmp_path / "PASCALContext") + os.sep)  # the dataset file that did not fit
+    assert errors.exit_code(info.value) == errors.EXIT_RESOURCE
+    assert ("unchanged" in message) == existing
+    assert _hashes(tmp_path) == before
+    _no_hidden_folders(tmp_path)
+
+
+def test_cli_disk_full_exits_3_with_one_line(tmp_path):
+    result = _synth_cli(tmp_path / "data", "--train", "6", "--val", "1", runner=[sys.executable, str(DISK_FULL),
+                                                                                    "20000"])  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    line = _one_line_error(result)
+    assert "no space left on the device" in line and str(tmp_path / "data" / "NYUDv2") in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_preview_that_does_not_fit_keeps_everything_as_it_was(tmp_path, monkeypatch):
+    synthesize(tmp_path, "nyud", 2, 1, SIZE, 0, progress=False, preview=tmp_path / "sheet.png")
+    before = _hashes(tmp_path)
+
+    def no_room(path, data):
+        raise errors.ResourceError(f"could not write {path}: no space left on the device")
+
+    monkeypatch.setattr(synth_dataset, "atomic_write_bytes", no_room)
+    with pytest.raises(errors.ResourceError, match="sheet.png: no space left.*unchanged"):
+        synthesize(tmp_path, "nyud", 4, 1, SIZE, 2, progress=False, overwrite=True, preview=tmp_path / "sheet.png")
+    assert _hashes(tmp_path) == before
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 300 kB tmpfs (needs mount rights, e.g. root in a container); skipped elsewhere."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("cannot mount a tmpfs here; the ENOSPC injection tests cover the same path")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_really_full_disk(small_tmpfs):
+    """The same as the injected ENOSPC on a real small file system (the original report: numpy's "12288
+    requested and 9184 written")."""
+    result = _synth_cli(small_tmpfs / "data", "--train", "60", "--val", "5")
+    assert result.returncode == 3
+    assert "no space left on the device" in _one_line_error(result)
+    assert list(small_tmpfs.iterdir()) == []
+
+
+def test_a_killed_run_leaves_a_hidden_folder_that_the_next_run_removes(tmp_path):
+    out = tmp_path / "data"
+    process = subprocess.Popen([*PAMM, "data", "synth", "--out", str(out), "--size", "32x40", "--quiet", "--train",
+                                "100000", "--val", "0"], stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            staged = [p for p in out.glob(".NYUDv2.staged-*") if (p / "images").exists()] if out.exists() else []
+            if staged and len(list((staged[0] / "images").iterdir())) >= 3:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the synth process did not start writing")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+    assert not (out / "NYUDv2").exists()  # never a half-written dataset under the real name
+    assert len(list(out.glob(".NYUDv2.staged-*"))) == 1
+    synthesize(out, "nyud", 1, 0, SIZE, 0, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["NYUDv2"]
+
+
+def test_synth_help_says_what_overwrite_does():
+    text = subprocess.run([*PAMM, "data", "synth", "--help"], capture_output=True, text=True).stdout
+    assert "Without it an existing dataset is refused" in " ".join(text.split())
+    assert "never touched" in text

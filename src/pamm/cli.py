@@ -14,20 +14,19 @@ from pathlib import Path
 __all__ = ["main", "build_parser"]
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH like 96x128, got {text!r}") from None
-    if h <= 0 or w <= 0:
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
-    return h, w
-
-
 def _load_cfg(config: str, sets: list[str]):
     from .config import load_config, parse_override
 
     return load_config(config, dict(parse_override(s) for s in sets or []))
+
+
+def _synth_size(text: str) -> tuple[int, int]:
+    from .data.synth import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 # ---- data ------------------------------------------------------------------------------------------------
@@ -38,9 +37,11 @@ def cmd_data_synth(args) -> int:
 
     summary = synthesize(Path(args.out), layout=args.layout, n_train=args.train, n_val=args.val, size=args.size,
                          seed=args.seed, preview=Path(args.preview) if args.preview else None,
-                         overwrite=args.overwrite, progress=not args.quiet)
-    print(f"wrote {summary.get('n_train', args.train)} train + {summary.get('n_val', args.val)} val images "
-          f"({args.layout} layout) to {summary.get('root', args.out)}")
+                         overwrite=args.overwrite, progress=not args.quiet, workers=args.workers)
+    counts, (height, width) = summary["counts"], summary["size"]
+    print(f"{'replaced the dataset in' if summary['replaced'] else 'wrote'} {summary['root']}: {counts['train']} "
+          f"train + {counts['val']} val images ({args.layout} layout, {height}x{width}, seed {args.seed}, "
+          f"{summary['seconds']:.1f} s)" + (f"; preview {summary['preview']}" if summary["preview"] else ""))
     return 0
 
 
@@ -164,16 +165,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="render the embedded dataset or check a dataset folder")
     dsub = data.add_subparsers(dest="data_command", required=True)
-    s = dsub.add_parser("synth", help="render procedural indoor scenes in the real NYUD / PASCAL layouts")
-    s.add_argument("--out", required=True, help="output folder (the dataset root is created inside it)")
+    s = dsub.add_parser(
+        "synth", help="render procedural indoor scenes in the real NYUD / PASCAL layouts",
+        description="Render procedural indoor scenes with exact ground truth into OUT/NYUDv2 or OUT/PASCALContext. "
+        "The dataset is written into a hidden folder beside its destination and moved into place at the end, so "
+        "an interrupted or failed run (Ctrl-C, disk full) leaves nothing half-written.",
+    )  # fmt: skip
+    s.add_argument("--out", required=True, help="data root; the dataset folder (NYUDv2/ or PASCALContext/) is "
+                   "created inside it")  # fmt: skip
     s.add_argument("--layout", choices=["nyud", "pascal"], default="nyud")
-    s.add_argument("--train", type=int, default=200, help="training images")
-    s.add_argument("--val", type=int, default=50, help="validation images")
-    s.add_argument("--size", type=_size, default=(96, 128), help="image size HxW (default 96x128)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--preview", help="also write a contact sheet PNG (images with every ground-truth map)")
-    s.add_argument("--overwrite", action="store_true", help="replace an existing synthetic dataset")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--train", type=int, default=200, help="training images (default 200)")
+    s.add_argument("--val", type=int, default=50, help="validation images (default 50)")
+    s.add_argument("--size", type=_synth_size, default=(96, 128), help="image size HEIGHTxWIDTH (default 96x128)")
+    s.add_argument("--seed", type=int, default=0, help="same seed, same files (default 0)")
+    s.add_argument("--preview", help="also write a contact sheet PNG (images with every ground-truth map), outside "
+                   "the dataset folder")  # fmt: skip
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the dataset an earlier `pamm data synth` wrote in OUT (and an existing --preview "
+                   "file). Without it an existing dataset is refused. Even with it, a folder holding any file that "
+                   "synth did not write (per its pamm_synth.json) is never touched. The old dataset is deleted only "
+                   "after the new one is complete")  # fmt: skip
+    s.add_argument("--workers", type=int, default=1, help="render in this many processes (default 1)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_data_synth)
     c = dsub.add_parser("check", help="validate a dataset folder and list every problem")
     c.add_argument("--dataset", choices=["nyud", "pascal"], required=True)
@@ -240,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pamm {args.command}: error: {msg}", file=sys.stderr)
         if os.environ.get("PAMM_DEBUG"):
             raise
-        return 2
+        from .errors import exit_code
+
+        return exit_code(e) if isinstance(e, OSError) else 2
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Safe file writes: atomic (readers see the old file or the whole new one), umask-respecting, and all-or-nothing
-for groups of files.
+for groups of files and for whole folders (:class:`StagedFolder`).
 
 A write goes to a temporary file in the target's folder, is fsynced, given the mode a plain ``open(path, "w")``
 would have given it (``0o666 & ~umask``), renamed over the target, and the folder is fsynced. When the disk fills
@@ -10,13 +10,17 @@ up (or any other ``OSError`` happens) the temporary file is removed, the old fil
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import socket
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from .errors import ResourceError, describe_os_error
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "AtomicGroup", "current_umask"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "AtomicGroup", "StagedFolder", "current_umask"]
 
 
 def current_umask() -> int:
@@ -145,3 +149,143 @@ class AtomicGroup:
             raise ResourceError(f"could not write {describe_os_error(e, pending[renamed][1])}", e.errno) from e
         for folder in {path.parent for _, path in pending}:
             _fsync_folder(folder)
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host may still run (True whenever that cannot be told)."""
+    if os.name != "posix" or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+class StagedFolder:
+    """Build a folder beside its target and move it into place at the end: all or nothing.
+
+    ``with StagedFolder(target) as stage: stage.write_bytes("images/a.png", data)`` writes every file (fsynced) into
+    a hidden folder beside ``target`` (``.NAME.staged-HOST-PID-XXXXXXXX``, mode ``0o777 & ~umask`` like a plain
+    ``mkdir``); when the block ends without an exception that folder is renamed to ``target``. With
+    ``replace=True`` an existing ``target`` is renamed aside first and deleted only once the new folder is in place;
+    without it, an existing ``target`` that is not an empty folder is an error. If anything fails or the block
+    raises (the disk fills up, Ctrl-C), the hidden folder is deleted and ``target`` is left exactly as it was. A
+    hidden folder left behind by a killed process of this host is deleted when the next ``StagedFolder`` for the same
+    target starts.
+
+    Attributes:
+        target: the folder being created or replaced.
+        path: the hidden folder being filled (set on entering the block).
+    """
+
+    def __init__(self, target: str | os.PathLike, *, replace: bool = False) -> None:
+        self.target = Path(target)
+        self.replace = replace
+        self.path: Path | None = None
+        self._folders: set[Path] = set()
+
+    def _tag(self, kind: str) -> str:
+        return f".{self.target.name}.{kind}-{_host_tag()}-{os.getpid()}-"
+
+    def _remove_stale(self) -> None:
+        """Delete hidden folders of this target left by dead processes of this host (a replaced folder only once
+        its successor is in place)."""
+        host = _host_tag()
+        for kind in ("staged", "replaced"):
+            prefix = f".{self.target.name}.{kind}-"
+            if kind == "replaced" and not self.target.exists():
+                continue
+            for entry in self.target.parent.iterdir():
+                if not entry.name.startswith(prefix):
+                    continue
+                parts = entry.name[len(prefix):].rsplit("-", 2)
+                if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+                    shutil.rmtree(entry, ignore_errors=True)
+
+    def __enter__(self) -> StagedFolder:
+        parent = self.target.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self._remove_stale()
+            self.path = Path(tempfile.mkdtemp(prefix=self._tag("staged"), dir=parent))
+            os.chmod(self.path, 0o777 & ~current_umask())
+        except OSError as e:
+            if self.path is not None:
+                shutil.rmtree(self.path, ignore_errors=True)
+                self.path = None
+            raise ResourceError(f"could not create {describe_os_error(e, self.target)}", e.errno) from e
+        return self
+
+    def write_bytes(self, relative: str | os.PathLike, data: bytes) -> None:
+        """Write ``data`` to ``relative`` (a path inside the folder; sub-folders are created); errors name the file
+        by its final path (``target / relative``)."""
+        if self.path is None:
+            raise RuntimeError("StagedFolder.write_bytes is only available inside its with-block")
+        path = self.path / relative
+        try:
+            if path.parent not in self._folders:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._folders.add(path.parent)
+            with open(path, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise ResourceError(f"could not write {describe_os_error(e, self.target / relative)}", e.errno) from e
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        staged, self.path = self.path, None
+        if staged is None:
+            return
+        if exc_type is not None:
+            shutil.rmtree(staged, ignore_errors=True)
+            return
+        try:
+            self._commit(staged)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+
+    def _commit(self, staged: Path) -> None:
+        folders = {staged}
+        for folder in self._folders:  # every folder written into, and those between it and the staged folder
+            while folder != staged and staged in folder.parents:
+                folders.add(folder)
+                folder = folder.parent
+        for folder in sorted(folders, reverse=True):
+            _fsync_folder(folder)
+        target, aside = self.target, None
+        try:
+            if target.is_symlink() or target.exists():
+                if self.replace:
+                    aside = target.with_name(self._tag("replaced") + os.urandom(4).hex())
+                    os.rename(target, aside)
+                elif target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
+                    target.rmdir()
+                else:
+                    raise FileExistsError(f"{target} appeared while it was being written; it was left as it is")
+            try:
+                os.rename(staged, target)
+            except OSError:
+                if aside is not None:
+                    os.rename(aside, target)  # put the old folder back
+                raise
+        except FileExistsError:
+            raise
+        except OSError as e:
+            raise ResourceError(f"could not move the new folder into place: {describe_os_error(e, target)}",
+                                e.errno) from e  # fmt: skip
+        _fsync_folder(target.parent)
+        if aside is not None:
+            try:
+                shutil.rmtree(aside)
+            except OSError as e:
+                warnings.warn(f"{target} was replaced, but the old folder could not be deleted: "
+                              f"{describe_os_error(e, aside)}", stacklevel=3)  # fmt: skip

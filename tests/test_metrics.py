@@ -20,7 +20,7 @@ from pamm.metrics import (
     multitask_gain,
     task_gains,
 )
-from pamm.metrics.base import fixed_point_sum, fixed_point_value
+from pamm.metrics.base import fixed_point_sum, fixed_point_value, prepare_batch
 
 
 def assert_states_equal(a: dict, b: dict) -> None:
@@ -60,6 +60,46 @@ def test_fixed_point_sums_are_exact_and_split_invariant():
     assert fixed_point_value(whole) == pytest.approx(math.fsum(values), rel=1e-12)
     with pytest.raises(ValueError):
         fixed_point_sum(np.array([1.0, np.nan]))
+
+
+def test_prepare_batch_arrays_and_scored_pixels():
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 3, (2, 1, 4, 5))
+    target[0, 0, 1] = 255
+    valid = rng.random((2, 4, 5)) > 0.3
+    pred, tgt, scored = prepare_batch(torch.tensor(rng.random((2, 4, 5))), target, valid, ignore_index=255,
+                                      pred_dtype=np.float32)  # fmt: skip
+    assert pred.dtype == np.float32 and pred.shape == tgt.shape == scored.shape == (2, 4, 5)
+    np.testing.assert_array_equal(scored, (target[:, 0] != 255) & valid)
+    _, _, everything = prepare_batch(pred, tgt)
+    assert everything.all() and everything.dtype == bool
+    normals = rng.normal(size=(2, 3, 4, 5))
+    normals[1, 2, 3, 4] = 255  # one ignored channel marks the pixel
+    _, _, scored = prepare_batch(normals, normals, ignore_index=255, vectors=True)
+    assert scored.shape == (2, 4, 5) and (~scored).sum() == 1 and not scored[1, 3, 4]
+    with pytest.raises(ValueError, match=r"\(b, 3, H, W\)"):
+        prepare_batch(normals[:, :2], normals[:, :2], vectors=True)
+    with pytest.raises(ValueError, match="does not match"):
+        prepare_batch(np.zeros((2, 2, 4, 5)), np.zeros((2, 4, 5)))  # only a channel of size one is dropped
+
+
+@pytest.mark.parametrize("make_meter", [lambda: SegmentationMeter(3), DepthMeter, NormalsMeter, SaliencyMeter,
+                                        lambda: EdgeMeter(2.0)], ids=["semseg", "depth", "normals", "sal", "edge"])
+def test_every_meter_checks_shapes_and_drops_a_unit_channel(make_meter):
+    meter = make_meter()
+    rng = np.random.default_rng(1)
+    channels = 3 if isinstance(meter, NormalsMeter) else 1
+    pred = rng.random((2, channels, 16, 16))
+    target = (rng.random((2, channels, 16, 16)) > 0.5).astype(np.int64) + (isinstance(meter, DepthMeter))
+    with pytest.raises(ValueError, match="shape|expected"):
+        meter.update(pred[:, :, :8], target)
+    if isinstance(meter, SegmentationMeter):
+        pred = (pred * 3).astype(np.int64)
+    meter.update(pred, target)
+    if channels == 1:
+        squeezed = make_meter()
+        squeezed.update(pred[:, 0], target[:, 0])
+        assert_states_equal(meter.state(), squeezed.state())
 
 
 def test_segmentation_hand_computed():

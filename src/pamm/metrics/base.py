@@ -15,7 +15,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Meter", "to_numpy", "fixed_point_sum", "fixed_point_value", "add_states", "FIXED_POINT_MAX"]
+__all__ = [
+    "Meter", "to_numpy", "prepare_batch", "fixed_point_sum", "fixed_point_value", "add_states", "FIXED_POINT_MAX",
+]  # fmt: skip
 
 _FRACTION_BITS = 32
 _INTEGER_LOW_BITS = 26
@@ -51,6 +53,52 @@ def to_numpy(array: Any) -> np.ndarray:
             tensor = tensor.float()
         return tensor.cpu().numpy()
     return np.asarray(array)
+
+
+def prepare_batch(
+    pred: Any,
+    target: Any,
+    valid: Any = None,
+    *,
+    ignore_index: int | None = None,
+    pred_dtype: Any = None,
+    target_dtype: Any = None,
+    vectors: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The start of every meter's ``update``: one batch as NumPy arrays, checked, and the pixels to score.
+
+    Args:
+        pred, target: maps (b, H, W), or (b, 1, H, W) whose channel axis is dropped; with ``vectors=True`` vector
+            fields (b, 3, H, W) (normals), kept as they are.
+        valid: optional bool region (b, H, W) (any shape with b·H·W elements) further restricting the scored pixels.
+        ignore_index: target value of pixels that are not scored (for vectors: where any channel has it); None
+            scores every pixel.
+        pred_dtype, target_dtype: convert to these dtypes (None keeps the input's).
+
+    Returns:
+        ``(pred, target, scored)``: the arrays, and bool (b, H, W) of the pixels to score.
+
+    Raises:
+        ValueError: prediction and target shapes differ (or are not (b, 3, H, W) for vectors).
+    """
+    pred, target = to_numpy(pred), to_numpy(target)
+    if pred_dtype is not None:
+        pred = pred.astype(pred_dtype)
+    if target_dtype is not None:
+        target = target.astype(target_dtype)
+    if vectors:
+        if pred.shape != target.shape or pred.ndim != 4 or pred.shape[1] != 3:
+            raise ValueError(f"expected prediction and target (b, 3, H, W), got {pred.shape} and {target.shape}")
+        scored_shape = (target.shape[0], *target.shape[2:])
+        scored = np.ones(scored_shape, dtype=bool) if ignore_index is None else (target != ignore_index).all(1)
+    else:
+        pred, target = (x[:, 0] if x.ndim == 4 and x.shape[1] == 1 else x for x in (pred, target))
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction shape {pred.shape} does not match target shape {target.shape}")
+        scored = np.ones(target.shape, dtype=bool) if ignore_index is None else target != ignore_index
+    if valid is not None:
+        scored &= to_numpy(valid).astype(bool).reshape(scored.shape)
+    return pred, target, scored
 
 
 def fixed_point_sum(values: np.ndarray) -> np.ndarray:

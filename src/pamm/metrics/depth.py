@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pamm.metrics.base import add_states, fixed_point_sum, fixed_point_value, to_numpy
+from pamm.metrics.base import add_states, fixed_point_sum, fixed_point_value, prepare_batch
 
 __all__ = ["DepthMeter", "DELTA_BASE"]
 
@@ -43,17 +43,8 @@ class DepthMeter:
         self._state["within_delta"] = np.zeros(3, dtype=np.int64)
 
     def update(self, pred, target, valid=None) -> None:
-        pred = to_numpy(pred).astype(np.float64)
-        target = to_numpy(target).astype(np.float64)
-        if pred.ndim == 4:
-            pred = pred[:, 0]
-        if target.ndim == 4:
-            target = target[:, 0]
-        if pred.shape != target.shape:
-            raise ValueError(f"prediction shape {pred.shape} does not match target shape {target.shape}")
-        scored = (target > self.min_depth) & (target < self.max_depth)
-        if valid is not None:
-            scored &= to_numpy(valid).astype(bool).reshape(target.shape)
+        pred, target, scored = prepare_batch(pred, target, valid, pred_dtype=np.float64, target_dtype=np.float64)
+        scored &= (target > self.min_depth) & (target < self.max_depth)
         gt = target[scored]
         estimate = np.maximum(pred[scored], 0.0)
         if not np.isfinite(estimate).all():

@@ -41,7 +41,7 @@ import numpy as np
 from scipy import ndimage, sparse
 from scipy.sparse.csgraph import breadth_first_order
 
-from pamm.metrics.base import add_states, to_numpy
+from pamm.metrics.base import add_states, prepare_batch
 from pamm.tasks import IGNORE_INDEX
 
 __all__ = [
@@ -636,17 +636,7 @@ class EdgeMeter:
             self._pool = None
 
     def update(self, pred, target, valid=None) -> None:
-        pred = to_numpy(pred)
-        target = to_numpy(target)
-        if pred.ndim == 4:
-            pred = pred[:, 0]
-        if target.ndim == 4:
-            target = target[:, 0]
-        if pred.shape != target.shape:
-            raise ValueError(f"prediction shape {pred.shape} does not match target shape {target.shape}")
-        scored = target != self.ignore_index
-        if valid is not None:
-            scored &= to_numpy(valid).astype(bool).reshape(target.shape)
+        pred, target, scored = prepare_batch(pred, target, valid, ignore_index=self.ignore_index)
         for probability, labels, region in zip(pred, target, scored):
             rows = np.flatnonzero(region.any(1))
             cols = np.flatnonzero(region.any(0))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pamm.metrics.base import add_states, fixed_point_sum, fixed_point_value, to_numpy
+from pamm.metrics.base import add_states, fixed_point_sum, fixed_point_value, prepare_batch
 from pamm.tasks import IGNORE_INDEX
 
 __all__ = ["NormalsMeter", "ANGLE_THRESHOLDS", "MEDIAN_BIN_WIDTH"]
@@ -64,13 +64,8 @@ class NormalsMeter:
         }
 
     def update(self, pred, target, valid=None) -> None:
-        pred = to_numpy(pred).astype(np.float64)
-        target = to_numpy(target).astype(np.float64)
-        if pred.shape != target.shape or pred.ndim != 4 or pred.shape[1] != 3:
-            raise ValueError(f"expected prediction and target (b, 3, H, W), got {pred.shape} and {target.shape}")
-        scored = (target != self.ignore_index).all(1)
-        if valid is not None:
-            scored &= to_numpy(valid).astype(bool).reshape(scored.shape)
+        pred, target, scored = prepare_batch(pred, target, valid, ignore_index=self.ignore_index, vectors=True,
+                                             pred_dtype=np.float64, target_dtype=np.float64)  # fmt: skip
         if not np.isfinite(pred).all():
             raise ValueError("normals prediction contains NaN or inf")
         angles = angular_error(pred, target)[scored]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pamm.metrics.base import add_states, to_numpy
+from pamm.metrics.base import add_states, prepare_batch
 from pamm.tasks import IGNORE_INDEX
 
 __all__ = ["SaliencyMeter", "SALIENCY_THRESHOLDS", "BETA_SQUARED"]
@@ -59,17 +59,7 @@ class SaliencyMeter:
         }
 
     def update(self, pred, target, valid=None) -> None:
-        pred = to_numpy(pred).astype(np.float32)
-        target = to_numpy(target)
-        if pred.ndim == 4:
-            pred = pred[:, 0]
-        if target.ndim == 4:
-            target = target[:, 0]
-        if pred.shape != target.shape:
-            raise ValueError(f"prediction shape {pred.shape} does not match target shape {target.shape}")
-        scored = target != self.ignore_index
-        if valid is not None:
-            scored &= to_numpy(valid).astype(bool).reshape(target.shape)
+        pred, target, scored = prepare_batch(pred, target, valid, ignore_index=self.ignore_index, pred_dtype=np.float32)
         probability = pred[scored]
         salient = target[scored].astype(bool)
         thresholded = 1 / (1 + np.exp(-probability)) if self.double_sigmoid else probability

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pamm.metrics.base import add_states, to_numpy
+from pamm.metrics.base import add_states, prepare_batch
 from pamm.tasks import IGNORE_INDEX
 
 __all__ = ["SegmentationMeter"]
@@ -46,15 +46,7 @@ class SegmentationMeter:
         self._state = {"confusion": np.zeros((self.num_classes, self.num_classes), dtype=np.int64)}
 
     def update(self, pred, target, valid=None) -> None:
-        pred = to_numpy(pred)
-        target = to_numpy(target)
-        if target.ndim == pred.ndim + 1 and target.shape[1] == 1:
-            target = target[:, 0]
-        if pred.shape != target.shape:
-            raise ValueError(f"prediction shape {pred.shape} does not match target shape {target.shape}")
-        scored = target != self.ignore_index
-        if valid is not None:
-            scored &= to_numpy(valid).astype(bool).reshape(target.shape)
+        pred, target, scored = prepare_batch(pred, target, valid, ignore_index=self.ignore_index)
         labels = target[scored].astype(np.int64)
         predicted = pred[scored].astype(np.int64)
         for name, values in (("target", labels), ("prediction", predicted)):

@@ -257,3 +257,37 @@ def test_staged_folder_removes_only_stale_leftovers(tmp_path):
     with StagedFolder(target, replace=True) as stage:  # now that the target exists, the stale old folder goes
         stage.write_bytes("f", b"f")
     assert {p.name for p in tmp_path.iterdir()} == kept - {f".data.replaced-{host}-{dead}-abc"} | {"data"}
+
+
+def test_staged_folder_is_flushed_before_it_is_moved_in(tmp_path, monkeypatch):
+    import pamm.fs
+
+    events = []
+    real_flush, real_rename = pamm.fs._flush_file_system, os.rename
+    monkeypatch.setattr(pamm.fs, "_flush_file_system", lambda folder: (events.append("flush"), real_flush(folder)))
+    monkeypatch.setattr(os, "rename", lambda a, b: (events.append("rename"), real_rename(a, b)))
+    with StagedFolder(tmp_path / "data") as stage:
+        stage.write_bytes("a/b.bin", b"b")
+    assert events == ["flush", "rename"]
+
+
+def test_flush_falls_back_to_an_fsync_of_every_file(tmp_path, monkeypatch):
+    import ctypes
+
+    import pamm.fs
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.bin").write_bytes(b"x")
+    (tmp_path / "y.bin").write_bytes(b"y")
+
+    def no_libc(*args, **kwargs):
+        raise OSError("no libc here")
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    monkeypatch.delattr(os, "sync")
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), real_fsync(fd)))
+    pamm.fs._flush_file_system(tmp_path)
+    expected = [tmp_path / "y.bin", tmp_path / "d" / "x.bin", tmp_path, tmp_path / "d"]  # files and folders
+    assert {p.stat().st_ino for p in expected} <= set(synced)

@@ -48,11 +48,12 @@ _MI_COMPRESSED = 15
 def mat_bytes(name: str, value: np.ndarray) -> bytes:
     """One variable as a compressed MATLAB v5 file (what MATLAB's ``save`` writes by default).
 
-    ``scipy.io.savemat`` encodes the variable (the matrix element); only the 128-byte header and the compression
-    are done here, because ``savemat`` writes the current time into the header (so its files differ from run to
-    run) and compresses at zlib's level 6 (several times slower than level 1 on the large, mostly-zero part masks;
-    ``benchmarks/synth_speed.py`` measures both). The header gets a fixed text instead of the date; everything else
-    is what ``savemat(..., do_compression=True)`` writes, and ``scipy.io.loadmat`` reads both identically.
+    ``scipy.io.savemat`` encodes the variable (the matrix element); only the 128-byte header and the compression are
+    done here, because ``savemat`` writes the current time into the header, so its files differ from run to run
+    and a seed would no longer give byte-identical datasets. The header gets a fixed text instead of the date, and
+    the element is compressed at zlib level 1: measured by ``benchmarks/synth_speed.py`` (BENCHMARKS.md), scipy's
+    level 6 makes the ``.mat`` files about half as large but their encoding 1.4x (96x128) to 2.4x (240x320) slower.
+    ``scipy.io.loadmat`` reads both identically.
     """
     from scipy.io import savemat
 

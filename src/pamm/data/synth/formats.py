@@ -52,7 +52,7 @@ def mat_bytes(name: str, value: np.ndarray) -> bytes:
     done here, because ``savemat`` writes the current time into the header, so its files differ from run to run
     and a seed would no longer give byte-identical datasets. The header gets a fixed text instead of the date, and
     the element is compressed at zlib level 1: measured by ``benchmarks/synth_speed.py`` (BENCHMARKS.md), scipy's
-    level 6 makes the ``.mat`` files about half as large but their encoding 1.4x (96x128) to 2.4x (240x320) slower.
+    level 6 makes the ``.mat`` files about half as large and their encoding 1.2x to 2.4x slower (96x128 to 240x320).
     ``scipy.io.loadmat`` reads both identically.
     """
     from scipy.io import savemat

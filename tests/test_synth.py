@@ -209,6 +209,44 @@ def test_contact_sheet():
     assert sheet.size[1] > 2 * 24 and sheet.size[0] > 7 * 32
 
 
+REFERENCE = Path(__file__).parent / "data" / "synth_reference.npz"
+"""Scenes rendered by the single-module generator of commit 0481667, before it became a package: for each style and
+index 0, 1, the maps of ``render_scene(scene_rng(7, style, "train", index), (32, 40), style)`` saved with
+``np.savez_compressed`` as ``<style><index>_<map>``. The package must draw the same rooms."""
+
+
+def _matches_reference(scene: dict, reference, prefix: str) -> dict[str, float]:
+    """Share of matching pixels per map: exact for labels, within 2 levels for the image and 1e-4 for depth and
+    normals (other platforms' maths libraries may differ in the last bit; a changed random draw moves far more)."""
+    shares = {}
+    for key in ("image", "depth", "normals", "semseg", "instances", "boundaries", "saliency", "human_parts",
+                "label_map"):  # fmt: skip
+        if f"{prefix}_{key}" not in reference:
+            continue
+        expected, actual = reference[f"{prefix}_{key}"], scene[key]
+        assert actual.dtype == expected.dtype and actual.shape == expected.shape, key
+        if key == "image":
+            same = np.abs(actual.astype(int) - expected) <= 2
+        elif key in ("depth", "normals"):
+            same = np.isclose(actual, expected, rtol=1e-4, atol=1e-4)
+        else:
+            same = actual == expected
+        shares[key] = float(same.mean())
+    return shares
+
+
+@pytest.mark.parametrize("style", ["nyud", "pascal"])
+def test_renders_match_the_pinned_reference(style):
+    reference = np.load(REFERENCE)
+    scenes = [render_scene(scene_rng(7, style, "train", i), (32, 40), style) for i in (0, 1)]
+    for index, scene in enumerate(scenes):
+        shares = _matches_reference(scene, reference, f"{style}{index}")
+        assert len(shares) == (9 if style == "pascal" else 6)
+        assert min(shares.values()) >= 0.995, shares
+    swapped = _matches_reference(scenes[1], reference, f"{style}0")  # the comparison does tell scenes apart
+    assert min(swapped.values()) < 0.9
+
+
 # ------------------------------------------------------------------------------------------------ synthesize
 
 

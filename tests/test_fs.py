@@ -291,3 +291,35 @@ def test_flush_falls_back_to_an_fsync_of_every_file(tmp_path, monkeypatch):
     pamm.fs._flush_file_system(tmp_path)
     expected = [tmp_path / "y.bin", tmp_path / "d" / "x.bin", tmp_path, tmp_path / "d"]  # files and folders
     assert {p.stat().st_ino for p in expected} <= set(synced)
+
+
+def test_staged_folder_that_cannot_start_names_the_target(tmp_path, monkeypatch):
+    import tempfile
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refused)
+    with pytest.raises(errors.ResourceError) as info:
+        with StagedFolder(tmp_path / "data"):
+            pass
+    assert str(info.value) == f"could not create {tmp_path / 'data'}: Permission denied"
+    assert errors.exit_code(info.value) == errors.EXIT_RESOURCE and list(tmp_path.iterdir()) == []
+
+
+def test_staged_folder_warns_when_the_replaced_folder_cannot_be_deleted(tmp_path, monkeypatch):
+    import shutil
+
+    target = _old_folder(tmp_path)
+    real_rmtree = shutil.rmtree
+
+    def stuck(path, *args, **kwargs):
+        if ".data.replaced-" in str(path):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", stuck)
+    with pytest.warns(UserWarning, match="replaced, but the old folder could not be deleted"):
+        with StagedFolder(target, replace=True) as stage:
+            stage.write_bytes("new.txt", b"new")
+    assert _tree(target) == {"new.txt": b"new"}  # the new folder is in place all the same

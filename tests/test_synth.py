@@ -521,8 +521,10 @@ def test_markers_that_do_not_own_the_folder_are_foreign(tmp_path):
     """An older version with overwrite=True wrote into other people's folders and marked them owns_folder: false;
     a folder whose marker is damaged or from another tool is foreign too."""
     root = tmp_path / "NYUDv2"
-    for marker in ({"generator": "pamm.data.synth", "owns_folder": False, "layout": "nyud"}, {"generator": "x"},
-                   "not json"):  # fmt: skip
+    ours = {"generator": "pamm.data.synth", "owns_folder": True, "layout": "nyud", "counts": {"train": 1, "val": 0}}
+    for marker in ({**ours, "owns_folder": False}, {**ours, "generator": "x"}, {**ours, "layout": "coco"},
+                   {**ours, "counts": {"train": -1, "val": 0}}, {**ours, "counts": {"train": 10**12, "val": 0}},
+                   {**ours, "counts": {"train": 1.5, "val": 0}}, [ours], "not json"):  # fmt: skip
         root.mkdir(exist_ok=True)
         (root / MARKER_FILE).write_text(marker if isinstance(marker, str) else json.dumps(marker))
         with pytest.raises(synth.SynthOutputExistsError, match="never overwritten"):

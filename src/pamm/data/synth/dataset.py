@@ -34,6 +34,7 @@ seed), and so names every file of the folder that may be replaced."""
 
 _GENERATOR = "pamm.data.synth"
 _FORMAT_VERSION = 1
+_MAX_IMAGES = 10**7  # per split; a marker claiming more is not one of ours
 
 
 class SynthOutputExistsError(InputError, FileExistsError):
@@ -51,27 +52,25 @@ def scene_rng(seed: int, layout: str, split: str, index: int) -> np.random.Gener
 
 def read_marker(folder: Path) -> dict | None:
     """The contents of ``folder``'s marker if it is a dataset folder written by :func:`synthesize` (possibly by an
-    interrupted run of an older version), else None."""
+    interrupted run of an older version) and the marker names its layout and counts, else None."""
     try:
         info = json.loads((Path(folder) / MARKER_FILE).read_text())
-    except (OSError, ValueError):
+        counts = [info["counts"][split] for split in SPLITS]
+        valid = (info["generator"] == _GENERATOR and info["layout"] in WRITERS
+                 and all(type(count) is int and 0 <= count <= _MAX_IMAGES for count in counts)
+                 and info.get("owns_folder", False) is True)  # fmt: skip
+        # (owns_folder false: an older version wrote into a folder it had not created, with overwrite=True)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
-    if not isinstance(info, dict) or info.get("generator") != _GENERATOR or info.get("owns_folder", False) is not True:
-        return None  # (owns_folder False: an old version wrote into someone else's folder)
-    return info
+    return info if valid else None
 
 
-def _expected_files(info: dict) -> set[str] | None:
-    """Relative paths of every file the run described by marker ``info`` writes (None if the marker is not
-    understood)."""
-    try:
-        writer = WRITERS[info["layout"]]
-        counts = {split: int(info["counts"][split]) for split in SPLITS}
-    except (KeyError, TypeError, ValueError):
-        return None
+def _expected_files(info: dict) -> set[str]:
+    """Relative paths of every file the run described by marker ``info`` (from :func:`read_marker`) writes."""
+    writer = WRITERS[info["layout"]]
     files = {MARKER_FILE, *writer.list_paths()}
     for split in SPLITS:
-        for index in range(counts[split]):
+        for index in range(info["counts"][split]):
             files.update(writer.example_paths(writer.image_id(split, index)))
     return files
 
@@ -112,11 +111,10 @@ def _may_replace(root: Path, overwrite: bool) -> bool:
     info = read_marker(root)
     if info is None:
         raise SynthOutputExistsError(
-            f"out: {str(root)!r} is not empty and was not written by pamm's synthesizer (no {MARKER_FILE}); it is "
+            f"out: {str(root)!r} is not empty and was not written by pamm data synth (no valid {MARKER_FILE}); it is "
             "never overwritten. Choose another --out, or move that folder away first"
         )
-    expected = _expected_files(info)
-    foreign = _unexpected_files(root, expected) if expected is not None else ["(unreadable marker)"]
+    foreign = _unexpected_files(root, _expected_files(info))
     if foreign:
         raise SynthOutputExistsError(
             f"out: {str(root)!r} holds {_describe(info)} but also {len(foreign)} file(s) it did not write (e.g. "

@@ -256,8 +256,10 @@ def synthesize(out: Path, layout: str, n_train: int, n_val: int, size: tuple[int
     try:
         with StagedFolder(root, replace=replacing) as stage:
             records: dict[str, dict] = {}
-            with tqdm(total=len(jobs), desc=f"synth {writer.name}", unit="img", disable=not progress) as bar, \
-                    closing(_rendered(jobs, workers)) as rendered:  # fmt: skip
+            with (
+                tqdm(total=len(jobs), desc=f"synth {writer.name}", unit="img", disable=not progress) as bar,
+                closing(_rendered(jobs, workers)) as rendered,
+            ):
                 for iid, example, record in rendered:
                     for relative, data in example.items():
                         stage.write_bytes(relative, data)

@@ -6,9 +6,9 @@ For each preset (ViT-L; NYUD 448x576, PASCAL 512x512; batch 6, random weights an
 - ``tf32``: our fused execution in fp32 with TF32 matrix units.
 - ``bf16-authors-scan``: ``bf16`` with only the scan swapped for the authors' pattern (one scan call per task and
   direction on permuted copies, un-permuted and summed): the same model run with the authors' scan pattern.
-- ``authors``: the released code's execution pattern re-created from our modules (per-expert convolutions,
-  per-task loops, top-k masks written sample by sample, one scan per task and direction on permuted copies), in
-  fp32 with PyTorch's default math settings.
+- ``authors``: the released code's execution pattern run on our model's weights (``pamm.models.reference``:
+  per-expert convolutions, per-task loops, top-k masks written sample by sample, one scan per task and direction on
+  permuted copies), in fp32 with PyTorch's default math settings.
 
 it measures the median training-step time (forward, multi-task loss, backward, grad clip, Adam), images/s, peak
 device memory, the share of the step's device time spent in selective-scan kernels and the top kernels (torch
@@ -22,6 +22,7 @@ measurement finishes, so an interrupted run keeps what it measured.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -32,6 +33,7 @@ import torch
 import pamm
 import pamm.models.pame as pame_module
 from pamm.losses import MultiTaskLoss
+from pamm.models.reference import forward_reference
 from pamm.ops import inverse_orders, selective_scan
 from pamm.tasks import dataset_spec
 
@@ -93,7 +95,7 @@ def cuda_time(fn, device) -> float:
     return start.elapsed_time(end)
 
 
-def measure_training(model, cfg, mode, args, device, log):
+def measure_training(model, forward, cfg, mode, args, device, log):
     tasks = cfg.data.task_list
     spec = dataset_spec(cfg.data.dataset)
     h, w = cfg.data.train_size
@@ -109,7 +111,7 @@ def measure_training(model, cfg, mode, args, device, log):
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out, routing = model(images, return_routing=True)
+            out, routing = forward(images, return_routing=True)
         total, _ = loss_fn({k: v.float() for k, v in out.items()}, batch, routing)
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -207,17 +209,16 @@ def main() -> None:
             model.to(memory_format=torch.channels_last)
         print(f"{preset}: built in {time.time() - t0:.1f} s", flush=True)
         for mode in args.modes.split(","):
-            model.fused = mode != "authors"
+            forward = functools.partial(forward_reference, model) if mode == "authors" else model
             pame_module.selective_scan = authors_scan_pattern if mode == "bf16-authors-scan" else selective_scan
             torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
             torch.backends.cudnn.allow_tf32 = mode in ("tf32", "authors")  # PyTorch's defaults for "authors"
             try:
-                measure_training(model, cfg, mode, args, device, log)
+                measure_training(model, forward, cfg, mode, args, device, log)
             except torch.OutOfMemoryError as e:
                 log({"kind": "train", "preset": preset, "mode": mode, "error": f"OOM: {e}"[:300]})
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-        model.fused = True
         pame_module.selective_scan = selective_scan
         for b in (int(v) for v in args.infer_batches.split(",") if v):
             measure_inference(model, cfg, b, args, device, log)

@@ -20,7 +20,7 @@ TINY = {
     "model.dim": 64,
     "model.d_state": 8,
     "model.expert_kernel": 3,
-    "model.scan.backend": "auto",
+    "runtime.scan_backend": "auto",
     "data.train_size": [64, 96],
     "data.test_size": [64, 96],
 }

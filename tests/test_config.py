@@ -1,9 +1,25 @@
-"""Typed configuration: presets, overrides, and clear errors for every kind of bad input."""
+"""Typed configuration: presets, overrides, the architecture/runtime split, configs of older versions, and clear
+errors for every kind of bad input."""
+
+import dataclasses
+import re
+import subprocess
+import sys
 
 import pytest
+import yaml
 
 import pamm
-from pamm.config import ConfigError, config_from_dict, config_to_dict, override_config, parse_override
+from pamm.config import (
+    ConfigError,
+    RuntimeConfig,
+    config_from_checkpoint,
+    config_from_dict,
+    config_to_dict,
+    migrate_config_dict,
+    override_config,
+    parse_override,
+)
 
 
 def test_presets_load_and_round_trip():
@@ -78,3 +94,92 @@ def test_bad_files(tmp_path):
         pamm.load_config(bad)
     with pytest.raises(ConfigError, match="must look like dotted.key=value"):
         parse_override("train.lr")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Architecture vs runtime
+
+
+def test_runtime_is_its_own_section():
+    cfg = pamm.load_config("nyud-vitl", {"runtime.scan_backend": "chunked",
+                                         "runtime.activation_checkpointing": ["backbone"]})
+    assert cfg.runtime == RuntimeConfig(scan_backend="chunked", activation_checkpointing=["backbone"])
+    model_keys = set(config_to_dict(cfg)["model"])
+    assert not model_keys & {"fused", "checkpoint_backbone", "checkpoint_stages", "channels_last"}
+    assert set(config_to_dict(cfg)["model"]["scan"]) == {"kind", "directions"}
+    assert pamm.load_config("demo").runtime == RuntimeConfig()
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"runtime.scan_backend": "cuda"}, r"config key 'runtime.scan_backend': must be one of \['auto', "),
+    ({"runtime.activation_checkpointing": ["backbone", "heads"]},
+     r"config key 'runtime.activation_checkpointing': unknown place 'heads'; allowed: \['backbone', 'stages'\]"),
+    ({"runtime.activation_checkpointing": ["stages", "stages"]}, r"duplicate place"),
+    ({"runtime.activation_checkpointing": True}, r"'runtime.activation_checkpointing': expected a list of str"),
+    ({"runtime.fused": True}, r"unknown config key 'runtime.fused'"),
+])
+def test_bad_runtime_values_name_the_key(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        pamm.load_config("nyud-vitl", overrides)
+
+
+MOVED = [
+    ("model.scan.backend", "chunked", r"config key 'model.scan.backend' moved to 'runtime.scan_backend'$"),
+    ("model.channels_last", False, r"config key 'model.channels_last' moved to 'runtime.channels_last'$"),
+    ("model.checkpoint_backbone", True, r"config key 'model.checkpoint_backbone' moved to "
+     r"'runtime.activation_checkpointing', a list of places: write runtime.activation_checkpointing=\[backbone\]$"),
+    ("model.checkpoint_stages", True, r"moved to 'runtime.activation_checkpointing'.*=\[stages\]$"),
+    ("model.fused", True, r"config key 'model.fused' was removed: the model has one execution, the fused one"),
+]
+
+
+@pytest.mark.parametrize("key,value,match", MOVED)
+def test_old_keys_given_by_a_user_name_their_new_place(tmp_path, key, value, match):
+    with pytest.raises(ConfigError, match=match):  # --set
+        pamm.load_config("demo", {key: value})
+    with pytest.raises(ConfigError, match=match):  # overrides of a loaded config (pamm evaluate --set)
+        override_config(pamm.load_config("demo"), {key: value})
+    *parents, last = key.split(".")
+    node = {last: value}
+    for p in reversed(parents):
+        node = {p: node}
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({"base": "nyud-vitl", **node}))
+    with pytest.raises(ConfigError, match=match):  # a YAML file
+        pamm.load_config(path)
+    assert yaml.safe_load(path.read_text())["base"] == "nyud-vitl"  # the user's file is left as it was
+
+
+def test_stored_configs_of_older_versions_are_migrated():
+    old = config_to_dict(pamm.load_config("demo"))
+    del old["runtime"]
+    old["model"].update(fused=False, checkpoint_backbone=False, checkpoint_stages=True, channels_last=False)
+    old["model"]["scan"]["backend"] = "reference"
+    before = yaml.safe_dump(old)
+    migrated = migrate_config_dict(old)
+    assert yaml.safe_dump(old) == before  # the input is not modified
+    assert migrated["runtime"] == {"scan_backend": "reference", "activation_checkpointing": ["stages"],
+                                   "channels_last": False}
+    assert not {"fused", "checkpoint_backbone", "checkpoint_stages", "channels_last"} & set(migrated["model"])
+    cfg = config_from_dict(old)
+    assert cfg.runtime == RuntimeConfig("reference", ["stages"], False)
+    assert dataclasses.replace(cfg, runtime=RuntimeConfig()) == pamm.load_config("demo")
+    # a checkpoint's config: architecture and recipe kept, runtime from the session (defaults)
+    assert config_from_checkpoint(old) == pamm.load_config("demo")
+    assert config_from_checkpoint(config_to_dict(pamm.load_config("demo", {"runtime.scan_backend": "chunked"}))) \
+        == pamm.load_config("demo")
+
+
+def test_cli_names_the_new_key_and_writes_nothing(tmp_path):
+    run = tmp_path / "run"
+    for argv in (["config", "demo", "--set", "model.scan.backend=chunked"],
+                 ["train", "--config", "demo", "--out", str(run), "--set", "model.fused=false"]):
+        proc = subprocess.run([sys.executable, "-m", "pamm", *argv], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and proc.stdout == ""
+        assert re.search(r"'model\.(scan\.backend|fused)' (moved to 'runtime\.scan_backend'|was removed)", lines[0])
+    assert not run.exists()
+    proc = subprocess.run([sys.executable, "-m", "pamm", "config", "demo", "--set", "runtime.scan_backend=chunked"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and yaml.safe_load(proc.stdout)["runtime"]["scan_backend"] == "chunked"

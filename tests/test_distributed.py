@@ -36,7 +36,7 @@ def tiny_nyud(tmp_path_factory):
 
 def _overrides(root, batch):
     return [f"data.root={root}", "data.train_size=[64,96]", "data.test_size=[64,96]", "data.workers=0",
-            "model.dim=32", "model.router_noise=false", "model.backbone.drop_path=0.0", "model.scan.backend=auto",
+            "model.dim=32", "model.router_noise=false", "model.backbone.drop_path=0.0", "runtime.scan_backend=auto",
             "train.optimizer=sgd", "train.lr=0.01", "train.warmup_iters=0", "train.iterations=2",
             f"train.batch_size={batch}", "train.eval_every=0", "train.checkpoint_every=0", "eval.batch_size=1",
             "eval.edge=false"]

@@ -2,10 +2,17 @@
 
 ``load_config("nyud-vitl", {"train.lr": 2e-5})`` returns a :class:`Config`; every unknown key, wrong type or bad
 value raises :class:`ConfigError` naming the dotted key and what is allowed.
+
+The model's settings are split in two: :class:`ModelConfig` is the architecture (what the weights mean: stored in
+every checkpoint and all that is needed to rebuild the model), :class:`RuntimeConfig` says how to execute it (scan
+backend, activation checkpointing, memory format) and comes from the session, never from a checkpoint
+(:func:`config_from_checkpoint`). Configs written by older versions load through :func:`migrate_config_dict`; an
+old key given by a user is an error naming its new place.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -17,16 +24,18 @@ from typing import Any, Union
 
 import yaml
 
+from .errors import InputError
 from .tasks import DATASETS, TASKS
 
 __all__ = [
-    "Config", "ModelConfig", "BackboneConfig", "ScanConfig", "DataConfig", "TrainConfig", "EvalConfig",
-    "ConfigError", "load_config", "preset_names", "config_to_dict", "config_from_dict", "override_config",
-    "parse_override",
+    "Config", "ModelConfig", "BackboneConfig", "ScanConfig", "RuntimeConfig", "DataConfig", "TrainConfig",
+    "EvalConfig", "ConfigError", "load_config", "preset_names", "config_to_dict", "config_from_dict",
+    "config_from_checkpoint", "migrate_config_dict", "override_config", "parse_override",
+    "ACTIVATION_CHECKPOINT_PLACES", "MOVED_KEYS",
 ]  # fmt: skip
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration key is unknown, has the wrong type or a value that is not allowed."""
 
 
@@ -78,30 +87,28 @@ class BackboneConfig:
 
 @dataclass
 class ScanConfig:
-    """How the selective scan walks the token grid.
+    """How the selective scan walks the token grid (the backend that runs it is a runtime setting:
+    :attr:`RuntimeConfig.scan_backend`).
 
     Attributes:
         kind: ``hilbert`` (paper), ``zorder``, ``snake`` or ``raster``.
         directions: 1, 2 or 4 rotations of the curve; their outputs are summed.
-        backend: selective-scan backend: ``auto``, ``triton``, ``cpu`` (Numba), ``chunked`` or ``reference``.
     """
 
     kind: str = "hilbert"
     directions: int = 4
-    backend: str = "auto"
 
     def validate(self, key: str) -> None:
         from .ops import SCAN_KINDS
 
         _check(self.kind in SCAN_KINDS, f"{key}.kind", f"must be one of {list(SCAN_KINDS)}, got {self.kind!r}")
         _check(self.directions in (1, 2, 4), f"{key}.directions", f"must be 1, 2 or 4, got {self.directions}")
-        allowed = ("auto", "triton", "cpu", "chunked", "reference")
-        _check(self.backend in allowed, f"{key}.backend", f"must be one of {list(allowed)}, got {self.backend!r}")
 
 
 @dataclass
 class ModelConfig:
-    """The PAMM model (notes §1). Defaults are the paper's NYUD-v2 settings.
+    """The PAMM architecture (notes §1): everything that gives the weights their meaning. Stored in every checkpoint;
+    how to execute the model is :class:`RuntimeConfig`. Defaults are the paper's NYUD-v2 settings.
 
     Attributes:
         decoder: ``pamm`` (PAME stages) or ``shared`` (the multi-task baseline: shared first conv, task convs,
@@ -118,10 +125,6 @@ class ModelConfig:
             off reproduces its effective behaviour). x_expert_rank / x_expert_kernel configure them.
         general_detach: the shared full projection of B/C sees x detached (as the released code).
         scan: scan order settings.
-        fused: run the fused execution (stacked expert convs, batched tasks, one scan launch per stage); False
-            runs the plain per-task, per-expert, per-direction formulation (same function, slower).
-        checkpoint_backbone, checkpoint_stages: activation checkpointing (recompute in backward).
-        channels_last: keep decoder activations channels-last (faster convolutions on GPUs).
         head_bias_init: initial output bias of a task's head (e.g. ``{depth: 3.0}``: start depth predictions at
             3 m instead of 0); tasks not listed keep the released init (normal, std 0.02).
     """
@@ -144,10 +147,6 @@ class ModelConfig:
     x_expert_kernel: int = 3
     general_detach: bool = True
     scan: ScanConfig = field(default_factory=ScanConfig)
-    fused: bool = True
-    checkpoint_backbone: bool = False
-    checkpoint_stages: bool = False
-    channels_last: bool = True
     head_bias_init: dict[str, float] = field(default_factory=dict)
 
     def validate(self, key: str) -> None:
@@ -175,6 +174,49 @@ class ModelConfig:
     @property
     def resolved_dt_rank(self) -> int:
         return self.dt_rank or math.ceil(self.dim / 16)
+
+
+ACTIVATION_CHECKPOINT_PLACES = ("backbone", "stages")
+"""Where activation checkpointing can be switched on (:attr:`RuntimeConfig.activation_checkpointing`)."""
+
+
+def _scan_backends() -> tuple[str, ...]:
+    """Names ``RuntimeConfig.scan_backend`` accepts: ``auto`` and the backends of :mod:`pamm.ops`."""
+    from . import ops
+
+    # TODO(ops renovation): pamm.ops.SCAN_BACKENDS becomes the one list; the fallback goes when it lands
+    backends = getattr(ops, "SCAN_BACKENDS", ("triton", "cpu", "chunked", "reference"))
+    return ("auto", *(b for b in backends if b != "auto"))
+
+
+@dataclass
+class RuntimeConfig:
+    """How to execute the model: none of these settings changes its weights or (beyond floating-point rounding) its
+    outputs. They come from the session: a checkpoint's stored runtime is not read back
+    (:func:`config_from_checkpoint`); change them on a built model with :meth:`pamm.models.PAMM.set_runtime`.
+
+    Attributes:
+        scan_backend: selective-scan backend, ``auto`` (the best one for the device) or one of
+            :data:`pamm.ops` backends (``triton``, ``cpu`` (Numba), ``chunked``, ``reference``).
+        activation_checkpointing: places whose activations are recomputed in the backward pass instead of kept
+            (less memory for about one more forward pass), from :data:`ACTIVATION_CHECKPOINT_PLACES`: ``backbone``
+            (the timm model's own per-block checkpointing), ``stages`` (each PAME stage as a whole). Empty: none.
+        channels_last: keep the decoder's activations channels-last on CUDA (faster convolutions).
+    """
+
+    scan_backend: str = "auto"
+    activation_checkpointing: list[str] = field(default_factory=list)
+    channels_last: bool = True
+
+    def validate(self, key: str) -> None:
+        allowed = _scan_backends()
+        _check(self.scan_backend in allowed, f"{key}.scan_backend",
+               f"must be one of {list(allowed)}, got {self.scan_backend!r}")
+        places = self.activation_checkpointing
+        for p in places:
+            _check(p in ACTIVATION_CHECKPOINT_PLACES, f"{key}.activation_checkpointing",
+                   f"unknown place {p!r}; allowed: {list(ACTIVATION_CHECKPOINT_PLACES)}")
+        _check(len(set(places)) == len(places), f"{key}.activation_checkpointing", f"duplicate place in {places}")
 
 
 @dataclass
@@ -315,19 +357,21 @@ class EvalConfig:
 
 @dataclass
 class Config:
-    """A whole experiment: model, data, training and evaluation."""
+    """A whole experiment: model architecture, data, training, evaluation and runtime (how to execute)."""
 
     name: str = "custom"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def validate(self) -> Config:
         self.model.validate("model")
         self.data.validate("data")
         self.train.validate("train")
         self.eval.validate("eval")
+        self.runtime.validate("runtime")
         tasks = self.data.task_list
         for t in tasks:
             _check(t in self.train.loss_weights, "train.loss_weights", f"no weight for task {t!r}")
@@ -413,22 +457,96 @@ def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     for k, v in data.items():
         key = f"{prefix}.{k}" if prefix else str(k)
         if k not in names:
+            if key in MOVED_KEYS:
+                raise ConfigError(_moved_message(key))
             raise ConfigError(f"unknown config key '{key}'; allowed keys here: {sorted(names)}")
         kwargs[k] = _coerce(v, hints[k], key)
     return cls(**kwargs)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# keys of older versions
+
+MOVED_KEYS: dict[str, str | None] = {
+    "model.scan.backend": "runtime.scan_backend",
+    "model.channels_last": "runtime.channels_last",
+    "model.checkpoint_backbone": "runtime.activation_checkpointing",
+    "model.checkpoint_stages": "runtime.activation_checkpointing",
+    "model.fused": None,
+}
+"""Keys of older versions (pamm before the architecture/runtime split) -> their new key (None: removed). Stored
+configs are migrated (:func:`migrate_config_dict`); a user who writes one gets an error naming the new key."""
+
+_PLACE_OF = {"model.checkpoint_backbone": "backbone", "model.checkpoint_stages": "stages"}
+
+
+def _moved_message(key: str) -> str:
+    new = MOVED_KEYS[key]
+    if new is None:
+        return (f"config key '{key}' was removed: the model has one execution, the fused one (the released code's "
+                f"per-task formulation is pamm.models.reference, for tests and benchmarks)")
+    if key in _PLACE_OF:
+        return f"config key '{key}' moved to '{new}', a list of places: write {new}=[{_PLACE_OF[key]}]"
+    return f"config key '{key}' moved to '{new}'"
+
+
+def _pop_dotted(data: dict, key: str) -> tuple[bool, Any]:
+    """Remove ``key`` (dotted) from nested ``data``; (found, value)."""
+    *parents, last = key.split(".")
+    node = data
+    for p in parents:
+        node = node.get(p) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or last not in node:
+        return False, None
+    return True, node.pop(last)
+
+
+def migrate_config_dict(data: dict) -> dict:
+    """A copy of a stored config dict with the keys of older versions moved to their new place (:data:`MOVED_KEYS`):
+    ``model.scan.backend`` -> ``runtime.scan_backend``, ``model.channels_last`` -> ``runtime.channels_last``,
+    ``model.checkpoint_backbone`` / ``model.checkpoint_stages`` (true) -> a place in
+    ``runtime.activation_checkpointing``; ``model.fused`` is dropped. Values already under the new keys win."""
+    data = copy.deepcopy(data)
+    moved: dict[str, Any] = {}
+    for key, new in MOVED_KEYS.items():
+        found, value = _pop_dotted(data, key)
+        if not found or new is None:
+            continue
+        if key in _PLACE_OF:
+            if value is True:
+                moved.setdefault(new, []).append(_PLACE_OF[key])
+        else:
+            moved[new] = value
+    if moved:
+        runtime = data.setdefault("runtime", {})
+        if isinstance(runtime, dict):
+            for new, value in moved.items():
+                runtime.setdefault(new.split(".", 1)[1], value)
+    return data
+
+
 def config_from_dict(data: dict) -> Config:
-    """Build and validate a :class:`Config` from its plain-dict form (e.g. a stored config)."""
+    """Build and validate a :class:`Config` from its plain-dict form, e.g. a stored config (keys of older versions
+    are migrated: :func:`migrate_config_dict`)."""
+    return _from_dict(Config, migrate_config_dict(data)).validate()
+
+
+def config_from_checkpoint(data: dict) -> Config:
+    """The :class:`Config` stored in a checkpoint: its architecture, data and training settings (keys of older
+    versions migrated or dropped), with the default runtime: how to execute the model is the loading session's
+    choice (set ``cfg.runtime`` or ``model.set_runtime``), not the file's."""
+    data = migrate_config_dict(data)
+    data.pop("runtime", None)
     return _from_dict(Config, data).validate()
 
 
 def override_config(cfg: Config, overrides: dict[str, Any]) -> Config:
-    """A validated copy of ``cfg`` with ``{"dotted.key": value}`` overrides applied."""
+    """A validated copy of ``cfg`` with ``{"dotted.key": value}`` overrides applied (an old key is an error naming
+    its new place)."""
     data = config_to_dict(cfg)
     for k, v in overrides.items():
         _apply_override(data, k, v)
-    return config_from_dict(data)
+    return _from_dict(Config, data).validate()
 
 
 def config_to_dict(cfg: Any) -> dict:

@@ -17,7 +17,7 @@ import torch
 import yaml
 from torch import Tensor
 
-from ..config import Config, ConfigError, config_from_dict, config_to_dict
+from ..config import Config, ConfigError, config_from_checkpoint, config_to_dict
 from ..fs import atomic_write, atomic_write_bytes
 
 __all__ = [
@@ -77,7 +77,8 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
 
 
 def read_checkpoint_config(path: Path) -> Config:
-    """The experiment config stored in a weights file."""
+    """The experiment config stored in a weights file (with the default runtime settings:
+    :func:`~pamm.config.config_from_checkpoint`)."""
     from safetensors import safe_open
 
     try:
@@ -92,7 +93,7 @@ def _config_from_meta(meta: dict[str, str], path: Path) -> Config:
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a pamm checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})")
     try:
-        return config_from_dict(yaml.safe_load(meta["config"]))
+        return config_from_checkpoint(yaml.safe_load(meta["config"]))
     except (ConfigError, KeyError, yaml.YAMLError) as e:
         raise CheckpointError(f"{path}: stored config is invalid: {e}") from None
 

@@ -31,7 +31,8 @@ from .checkpoint import CheckpointError, check_state_dict_fits, load_state, load
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed, sync_batchnorm
 from .evaluator import evaluate, write_metrics
 
-__all__ = ["Trainer", "TrainingStopped", "poly_lr", "EpochSampler", "find_resume_checkpoint", "autocast_dtype"]
+__all__ = ["Trainer", "TrainingStopped", "poly_lr", "EpochSampler", "find_resume_checkpoint", "autocast_dtype",
+           "weight_decay_groups"]
 
 
 class TrainingStopped(RuntimeError):
@@ -43,6 +44,16 @@ def poly_lr(step: int, iterations: int, power: float, warmup: int = 0) -> float:
     if warmup and step < warmup:
         return (step + 1) / warmup
     return max(0.0, 1.0 - step / iterations) ** power
+
+
+def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Optimizer parameter groups: every parameter decayed by ``weight_decay`` except those the model names in
+    ``no_weight_decay()`` (timm's convention), which get 0."""
+    skip_names = model.no_weight_decay()
+    decay, skip = [], []
+    for name, p in model.named_parameters():
+        (skip if name in skip_names else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": skip, "weight_decay": 0.0}]
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -229,7 +240,7 @@ class Trainer:
         # noise and drop-path masks
         torch.manual_seed(cfg.train.seed + 1_000_003 * self.dist.rank)
         model.to(self.device)
-        if self.device.type == "cuda" and cfg.model.channels_last:
+        if self.device.type == "cuda" and cfg.runtime.channels_last:
             model.to(memory_format=torch.channels_last)
         if self.dist.distributed:
             model = sync_batchnorm(model, self.device)
@@ -243,11 +254,7 @@ class Trainer:
         self.loss_fn = MultiTaskLoss(self.tasks, cfg.train.loss_weights, spec.edge_pos_weight,
                                      cfg.train.load_balancing,
                                      reducer=DistributedReducer() if self.dist.distributed else LOCAL)
-        no_decay = {"A_log", "D", "dt_bias"}
-        decay, skip = [], []
-        for name, p in model.named_parameters():
-            (skip if name.rsplit(".", 1)[-1] in no_decay or ".prior." in name else decay).append(p)
-        groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": skip, "weight_decay": 0.0}]
+        groups = weight_decay_groups(model, cfg.train.weight_decay)
         if cfg.train.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(groups, lr=cfg.train.lr, momentum=0.9)
         else:
@@ -337,7 +344,7 @@ class Trainer:
         cfg = self.cfg.train
         batch = self._to_device(batch)
         images = batch["image"]
-        if self.device.type == "cuda" and self.cfg.model.channels_last:
+        if self.device.type == "cuda" and self.cfg.runtime.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):

@@ -5,9 +5,10 @@ from .experts import DualParameterExperts, ParameterExperts, TaskRouters, noisy_
 from .heads import StageFusion, TaskHead
 from .pame import PAMEStage, TaskPrior
 from .pamm import PAMM, ModelMeta, build_model
+from .shared import SharedStage
 
 __all__ = [
-    "PAMM", "ModelMeta", "build_model", "PAMEStage", "TaskPrior", "ParameterExperts", "DualParameterExperts",
-    "TaskRouters", "noisy_top_k", "StageFusion", "TaskHead", "Backbone", "ViTBackbone", "HierarchicalBackbone",
-    "build_backbone", "BackboneWeightsError",
+    "PAMM", "ModelMeta", "build_model", "PAMEStage", "SharedStage", "TaskPrior", "ParameterExperts",
+    "DualParameterExperts", "TaskRouters", "noisy_top_k", "StageFusion", "TaskHead", "Backbone", "ViTBackbone",
+    "HierarchicalBackbone", "build_backbone", "BackboneWeightsError",
 ]  # fmt: skip

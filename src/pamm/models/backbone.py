@@ -106,7 +106,6 @@ class ViTBackbone(Backbone):
         self.norm_last = cfg.norm_last and cfg.taps[-1] == depth - 1
         self.stride = self.model.patch_embed.patch_size[0]
         self.out_channels = [self.model.embed_dim] * len(self.taps)
-        self.grad_checkpointing = False
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.set_grad_checkpointing(enable)

@@ -10,14 +10,11 @@ For task t and input x (the task's expanded features, C channels)::
 ``expert_i`` (shared by all tasks) and ``task_proj_t`` are low-rank convolutions: a k x k conv C -> R followed by a
 1x1 conv R -> out. ``general`` is a full k x k conv shared by the tasks.
 
-Each module has two executions of the same function:
-
-- ``forward`` (fused): all experts, task projections and B/C sets in one stacked convolution over the
-  task-stacked input, a per-sample gating of the rank groups and one 1x1 convolution (exact:
-  sum_i g_i M_i(W_i x + b_i) = [M_1 ... M_E](g * [W_1; ...; W_E] x + g * b) ); routers vectorised over tasks.
-- ``forward_plain``: the released code's formulation, one convolution per expert and per task and the top-k
-  mask written sample by sample (kept as the reference the fused path is tested against, and to measure the
-  authors' execution pattern).
+Execution (fused): all experts, task projections and B/C sets run as one stacked convolution over the task-stacked
+input, a per-sample gating of the rank groups and one 1x1 convolution (exact:
+sum_i g_i M_i(W_i x + b_i) = [M_1 ... M_E](g * [W_1; ...; W_E] x + g * b) ); routers vectorised over tasks and
+samples. The released code's formulation (one convolution per expert and task, top-k masks written sample by sample)
+is :mod:`pamm.models.reference`, tested equal to this one.
 """
 
 from __future__ import annotations
@@ -67,19 +64,6 @@ def noisy_top_k(logits: Tensor, top_k: int, noise: bool) -> tuple[Tensor, Tensor
         keep = torch.zeros_like(probs).scatter_(-1, probs.topk(top_k, dim=-1).indices, 1.0)
         probs = probs * keep
     return probs, mix
-
-
-def _top_k_sample_loop(probs: Tensor, top_k: int) -> Tensor:
-    """The released code's masking: for every image, zero its E - k smallest weights one write at a time."""
-    out = probs.clone()
-    drop = probs.shape[-1] - top_k
-    if drop <= 0:
-        return out
-    smallest = probs.topk(drop, dim=-1, largest=False).indices
-    for j in range(probs.shape[0]):
-        for i in range(drop):
-            out[j, smallest[j, i]] = 0
-    return out
 
 
 class TaskRouters(nn.Module):
@@ -137,18 +121,6 @@ class TaskRouters(nn.Module):
         s = torch.einsum("btc,tdc->btd", F.gelu(s), self.spatial_proj) + self.spatial_proj_bias
         return torch.einsum("btc,tdc->btd", torch.cat([f, s], dim=-1), self.head) + self.head_bias
 
-    def forward_task(self, x: Tensor, t: int) -> Tensor:
-        """Plain formulation for task t: x (b, C, H, W) -> logits (b, 2E + 1)."""
-        b, c, h, w = x.shape
-        f = F.conv2d(x, self.channel_proj[t, :, :, None, None], self.channel_proj_bias[t])
-        f = F.layer_norm(f.permute(0, 2, 3, 1), (f.shape[1],), self.channel_norm_weight[t], self.channel_norm_bias[t])
-        f = F.conv2d(F.gelu(f).permute(0, 3, 1, 2), self.channel_mix[t, :, :, None, None], self.channel_mix_bias[t])
-        f = f.mean(dim=(2, 3))
-        s = F.linear(x.reshape(b, c, h * w), self.pool_weight((h, w))[t: t + 1], self.pool_bias[t: t + 1])[..., 0]
-        s = F.gelu(F.layer_norm(s, (c,), self.spatial_norm_weight[t], self.spatial_norm_bias[t]))
-        s = F.linear(s, self.spatial_proj[t], self.spatial_proj_bias[t])
-        return F.linear(torch.cat([f, s], dim=1), self.head[t], self.head_bias[t])
-
 
 class ParameterExperts(nn.Module):
     """One set of parameter experts (B, C or the optional x branch): T tasks, C_in -> C_out channels.
@@ -189,55 +161,18 @@ class ParameterExperts(nn.Module):
                 conv_default_init_(down[sl], down_b[sl], fan_down, zero_bias=True)
                 conv_default_init_(up[i], up_b[i], self.rank, zero_bias=True)
 
-    # ---- routing -------------------------------------------------------------------------------------------
-
-    def gates(self, logits: Tensor, sample_loop: bool = False) -> tuple[Tensor, Tensor]:
+    def gates(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         """Routing weights (..., E) and mixing scalar (...) from router logits (..., 2E + 1)."""
-        if not sample_loop:
-            return noisy_top_k(logits, self.top_k, self.training and self.router_noise)
-        probs, mix = noisy_top_k(logits, self.num_experts, self.training and self.router_noise)
-        return _top_k_sample_loop(probs, self.top_k), mix
-
-    # ---- plain formulation ---------------------------------------------------------------------------------
-
-    def _task_norm(self, norm: nn.BatchNorm2d, x: Tensor, t: int) -> Tensor:
-        sl = slice(t * self.out_channels, (t + 1) * self.out_channels)
-        use_batch = self.training or norm.running_mean is None
-        return F.batch_norm(x, norm.running_mean[sl] if norm.running_mean is not None else None,
-                            norm.running_var[sl] if norm.running_var is not None else None,
-                            norm.weight[sl], norm.bias[sl], use_batch, norm.momentum, norm.eps)
-
-    def forward_plain(self, xs: list[Tensor]) -> tuple[list[Tensor], Tensor]:
-        """The released formulation. xs: T maps (b, C_in, H, W) -> (T maps (b, C_out, H, W), gates (b, T, E))."""
-        r, pad = self.rank, self.kernel // 2
-        outs, gates = [], []
-        for t, x in enumerate(xs):
-            g, mix = self.gates(self.router.forward_task(x, t), sample_loop=True)
-            mixture = 0
-            for i in range(self.num_experts):
-                sl = slice(i * r, (i + 1) * r)
-                h = F.conv2d(x, self.expert_down[sl], self.expert_down_bias[sl], padding=pad)
-                h = F.conv2d(h, self.expert_up[i, :, :, None, None], self.expert_up_bias[i])
-                mixture = mixture + g[:, i, None, None, None].to(h.dtype) * h
-            sl = slice(t * r, (t + 1) * r)
-            task = F.conv2d(F.conv2d(x, self.task_down[sl], self.task_down_bias[sl], padding=pad),
-                            self.task_up[t, :, :, None, None], self.task_up_bias[t])
-            general = self.general(x.detach() if self.general_detach else x)
-            y = self._task_norm(self.norm_experts, mixture, t) + task * mix[:, None, None, None] + general
-            outs.append(self._task_norm(self.norm_out, y, t))
-            gates.append(g)
-        return outs, torch.stack(gates, dim=1)
-
-    # ---- fused formulation ---------------------------------------------------------------------------------
+        return noisy_top_k(logits, self.top_k, self.training and self.router_noise)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Fused: x (b, T*C_in, H, W) task-stacked -> (out (b, T*C_out, H, W), gates (b, T, E))."""
+        """x (b, T*C_in, H, W) task-stacked -> (out (b, T*C_out, H, W), gates (b, T, E))."""
         return fused_parameter_maps([self], x)[0]
 
 
 class DualParameterExperts(nn.Module):
-    """The paper's dual parameter experts: one :class:`ParameterExperts` set makes B, another makes C; the fused
-    execution runs both sets' convolutions together."""
+    """The paper's dual parameter experts: one :class:`ParameterExperts` set makes B, another makes C; both sets'
+    convolutions run together."""
 
     def __init__(self, tasks: int, in_channels: int, d_state: int, **kwargs):
         super().__init__()
@@ -248,12 +183,6 @@ class DualParameterExperts(nn.Module):
         """x (b, T*C_in, H, W) -> B, C (b, T*N, H, W) and the routing weights [(b, T, E) of B, of C]."""
         (b_map, b_gates), (c_map, c_gates) = fused_parameter_maps([self.B, self.C], x)
         return b_map, c_map, [b_gates, c_gates]
-
-    def forward_plain(self, xs: list[Tensor]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-        """Plain: T maps (b, C_in, H, W) -> B maps, C maps (T x (b, N, H, W)) and the routing weights."""
-        b_maps, b_gates = self.B.forward_plain(xs)
-        c_maps, c_gates = self.C.forward_plain(xs)
-        return b_maps, c_maps, [b_gates, c_gates]
 
 
 def fused_parameter_maps(sets: list[ParameterExperts], x: Tensor) -> list[tuple[Tensor, Tensor]]:

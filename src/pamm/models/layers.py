@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["TaskConv1x1", "conv_default_init_", "stack_tasks", "unstack_tasks"]
+__all__ = ["TaskConv1x1", "conv_default_init_"]
 
 
 def conv_default_init_(weight: Tensor, bias: Tensor | None, fan_in: int, zero_bias: bool = False) -> None:
@@ -20,21 +20,11 @@ def conv_default_init_(weight: Tensor, bias: Tensor | None, fan_in: int, zero_bi
             bias.zero_() if zero_bias else bias.uniform_(-bound, bound)
 
 
-def stack_tasks(maps: list[Tensor]) -> Tensor:
-    """T maps (b, C, H, W) -> one task-stacked map (b, T*C, H, W)."""
-    return torch.cat(maps, dim=1)
-
-
-def unstack_tasks(x: Tensor, tasks: int) -> list[Tensor]:
-    """Task-stacked (b, T*C, H, W) -> T maps (b, C, H, W) (views)."""
-    return list(x.chunk(tasks, dim=1))
-
-
 class TaskConv1x1(nn.Module):
     """One 1x1 convolution per task, stored stacked: weight (T, C_out, C_in), bias (T, C_out).
 
-    ``forward`` takes a task-stacked map (b, T*C_in, H, W) and runs all tasks in one grouped convolution;
-    ``forward_task(x, t)`` runs task ``t`` alone on (b, C_in, H, W) (the plain formulation).
+    ``forward`` takes a task-stacked map (b, T*C_in, H, W) and runs all tasks in one grouped convolution:
+    (b, T*C_out, H, W).
     """
 
     def __init__(self, tasks: int, in_channels: int, out_channels: int, bias: bool = True):
@@ -52,9 +42,6 @@ class TaskConv1x1(nn.Module):
         w = self.weight.reshape(-1, self.in_channels, 1, 1)
         b = None if self.bias is None else self.bias.reshape(-1)
         return F.conv2d(x, w, b, groups=self.tasks)
-
-    def forward_task(self, x: Tensor, t: int) -> Tensor:
-        return F.conv2d(x, self.weight[t, :, :, None, None], None if self.bias is None else self.bias[t])
 
     def extra_repr(self) -> str:
         return f"tasks={self.tasks}, {self.in_channels}->{self.out_channels}, bias={self.bias is not None}"

@@ -12,9 +12,10 @@ For a tap f (b, C_in, H, W) and each task t::
     y_t    = sum over the 4 Hilbert orders of scan(x_t, dt_t, A_t = -exp(A_log_t), B_t, C_t, D_t)
     out_t  = out_proj_t(y_t) * z_t + feat_t
 
-Δ, A, D are per task; all per-task tensors are registered parameters. The fused execution batches the tasks
-(task-stacked maps (b, T*C, H, W), grouped 1x1 convolutions) and scans all tasks x directions in one call;
-``forward_plain`` is the per-task, per-direction formulation of the released code.
+Δ, A, D are per task; all per-task tensors are registered parameters. The tasks run batched (task-stacked maps
+(b, T*C, H, W), grouped 1x1 convolutions) and one scan call covers all tasks x directions, reading the tokens
+through the scan orders (no permuted copies). The released code's per-task, per-direction formulation is
+:mod:`pamm.models.reference`, tested equal to this one.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from ..ops import scan_orders, selective_scan
 from .experts import DualParameterExperts, ParameterExperts
-from .layers import TaskConv1x1, conv_default_init_
+from .layers import TaskConv1x1
+from .shared import SharedStage
 
 __all__ = ["PAMEStage", "TaskPrior", "dt_bias_init"]
 
@@ -57,32 +59,28 @@ class TaskPrior(nn.Module):
         return b_map + self.B[None, :, :, None].to(b_map.dtype), c_map + self.C[None, :, :, None].to(c_map.dtype)
 
 
-class PAMEStage(nn.Module):
-    """One PAME stage for ``len(tasks)`` tasks.
+class PAMEStage(SharedStage):
+    """One PAME stage for ``num_tasks`` tasks: the task convolutions of :class:`SharedStage`, then each task's
+    selective scan with parameter-expert B and C.
 
     Args:
         in_channels: channels of the backbone tap.
         num_tasks: T.
-        cfg: model settings (dim, expand, d_state, experts, priors, scan, ...).
+        cfg: the architecture (dim, expand, d_state, experts, priors, scan order, ...).
         grid: token grid (H, W) the routers' spatial pooling is learned on (other grids are resampled).
+
+    Attributes:
+        scan_backend: the selective-scan backend (a runtime setting: :meth:`PAMM.set_runtime` sets it).
 
     ``forward(f (b, C_in, H, W)) -> (task-stacked features (b, T*d, H, W), routing weights [(b, T, E), ...])``.
     """
 
     def __init__(self, in_channels: int, num_tasks: int, cfg: ModelConfig, grid: tuple[int, int]):
-        super().__init__()
+        super().__init__(in_channels, num_tasks, cfg.dim)
         d, di, n, t = cfg.dim, cfg.expand * cfg.dim, cfg.d_state, num_tasks
-        self.tasks, self.dim, self.inner, self.d_state = t, d, di, n
-        self.scan_kind, self.directions, self.backend = cfg.scan.kind, cfg.scan.directions, cfg.scan.backend
-        self.first_decode = nn.Conv2d(in_channels, d, 3, padding=1)
-        self.input_norm = nn.GroupNorm(32, d)
-        self.task_conv = nn.Conv2d(d, t * d, 3, padding=1)  # T 3x3 convolutions of the shared map, stacked
-        for i in range(t):
-            conv_default_init_(self.task_conv.weight[i * d: (i + 1) * d], self.task_conv.bias[i * d: (i + 1) * d],
-                               d * 9)
-        self.ssm = cfg.decoder == "pamm"
-        if not self.ssm:
-            return
+        self.inner, self.d_state = di, n
+        self.scan_kind, self.directions = cfg.scan.kind, cfg.scan.directions
+        self.scan_backend = "auto"
         self.task_norm = nn.GroupNorm(32 * t, t * d)  # GroupNorm(32, d) per task
         self.gate_proj = TaskConv1x1(t, d, d)
         expert_kwargs = dict(num_experts=cfg.num_experts, top_k=cfg.top_k, grid=grid, router_noise=cfg.router_noise,
@@ -107,7 +105,11 @@ class PAMEStage(nn.Module):
         self.out_proj = TaskConv1x1(t, di, d)
         self._orders: dict[tuple, Tensor] = {}
 
-    # -----------------------------------------------------------------------------------------------------
+    def no_weight_decay(self) -> set[str]:
+        """Names (relative to this module) of parameters trained without weight decay: the SSM's A_log, D and Δ
+        bias, and the task priors."""
+        names = {"A_log", "D", "dt_bias"}
+        return names | ({"prior.B", "prior.C"} if self.prior is not None else set())
 
     def orders(self, height: int, width: int, device: torch.device) -> Tensor:
         """Scan orders (K, H*W) for this grid on ``device`` (cached)."""
@@ -132,9 +134,7 @@ class PAMEStage(nn.Module):
 
     def forward(self, f: Tensor) -> tuple[Tensor, list[Tensor]]:
         """f (b, C_in, H, W) -> task-stacked output (b, T*d, H, W) and routing weights [(b, T, E), ...]."""
-        feat = self.task_conv(self.input_norm(self.first_decode(f)))
-        if not self.ssm:
-            return feat, []
+        feat = self.task_features(f)
         b, _, h, w = feat.shape
         normed = self.task_norm(feat)
         z = F.silu(self.gate_proj(normed))
@@ -148,51 +148,7 @@ class PAMEStage(nn.Module):
         y = selective_scan(
             x.flatten(2), delta.flatten(2), -torch.exp(self.A_log).flatten(0, 1), b_map, c_map,
             self.D.flatten(), self.dt_bias.flatten(), delta_softplus=True, orders=self.orders(h, w, x.device),
-            backend=self.backend,
+            backend=self.scan_backend,
         )
         out = self.out_proj(y.view(b, self.tasks * self.inner, h, w)) * z + feat
         return out, routing + bc_routing
-
-    def forward_plain(self, f: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """The released code's execution: task by task, one scan per task and direction on permuted copies."""
-        s = self.input_norm(self.first_decode(f))
-        d = self.dim
-        feats = [F.conv2d(s, self.task_conv.weight[i * d: (i + 1) * d], self.task_conv.bias[i * d: (i + 1) * d],
-                          padding=1) for i in range(self.tasks)]
-        if not self.ssm:
-            return torch.cat(feats, dim=1), []
-        b, _, h, w = s.shape
-        normed = []
-        for i, feat in enumerate(feats):
-            ch = slice(i * d, (i + 1) * d)
-            normed.append(F.group_norm(feat, 32, self.task_norm.weight[ch], self.task_norm.bias[ch],
-                                       self.task_norm.eps))
-        zs = [F.silu(self.gate_proj.forward_task(n_, i)) for i, n_ in enumerate(normed)]
-        routing: list[Tensor] = []
-        if self.x_experts is not None:
-            normed, x_gates = self.x_experts.forward_plain(normed)
-            routing.append(x_gates)
-        xs = [self.expand_proj.forward_task(F.silu(n_), i) for i, n_ in enumerate(normed)]
-        if isinstance(self.bc, DualParameterExperts):
-            b_maps, c_maps, bc_routing = self.bc.forward_plain(xs)
-        else:
-            b_maps, c_maps = zip(*(self.bc.forward_task(x, i).chunk(2, dim=1) for i, x in enumerate(xs)))
-            bc_routing = []
-        orders = self.orders(h, w, s.device)
-        outs = []
-        for i, x in enumerate(xs):
-            u = x.flatten(2)
-            delta = self.dt_up.forward_task(self.dt_down.forward_task(x, i), i).flatten(2)
-            bm, cm = b_maps[i].flatten(2), c_maps[i].flatten(2)
-            if self.prior is not None:
-                bm = bm + self.prior.B[i][None, :, None]
-                cm = cm + self.prior.C[i][None, :, None]
-            a = -torch.exp(self.A_log[i])
-            y = 0
-            for order in orders:
-                inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
-                yk = selective_scan(u[..., order], delta[..., order], a, bm[..., order], cm[..., order], self.D[i],
-                                    self.dt_bias[i], delta_softplus=True, backend=self.backend)
-                y = y + yk[..., inverse]
-            outs.append(self.out_proj.forward_task(y.view(b, self.inner, h, w), i) * zs[i] + feats[i])
-        return torch.cat(outs, dim=1), routing + bc_routing

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -9,11 +11,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import Config, ModelConfig
+from ..config import ACTIVATION_CHECKPOINT_PLACES, Config, ModelConfig, RuntimeConfig
 from ..tasks import dataset_spec
 from .backbone import build_backbone
 from .heads import StageFusion, TaskHead
 from .pame import PAMEStage
+from .shared import SharedStage
 
 __all__ = ["PAMM", "build_model", "IMAGENET_MEAN", "IMAGENET_STD", "ModelMeta"]
 
@@ -47,25 +50,34 @@ class PAMM(nn.Module):
     """Parameter Aware Mamba Model.
 
     Args:
-        cfg: model settings.
+        cfg: the architecture.
         meta: dataset, tasks, head sizes and training size.
         load_backbone_weights: load the backbone's pretrained weights (skip when a full checkpoint follows).
+        runtime: how to execute (scan backend, activation checkpointing, channels-last); defaults when None.
+            Change it later with :meth:`set_runtime`.
 
     ``forward(images (b, 3, H, W))`` -> ``{task: (b, K_task, H, W)}`` raw head outputs (logits / values) at the
     input size; with ``return_routing=True`` also the routers' weights as a list of (b, E) tensors (one per
     router and task) for the load-balancing loss.
+
+    ``cfg.decoder == "shared"`` builds the shared-decoder baseline: :class:`SharedStage` instead of
+    :class:`PAMEStage` (no selective scan, no routers), same fusion and heads.
     """
 
-    def __init__(self, cfg: ModelConfig, meta: ModelMeta, load_backbone_weights: bool = True):
+    def __init__(self, cfg: ModelConfig, meta: ModelMeta, load_backbone_weights: bool = True,
+                 runtime: RuntimeConfig | None = None):
         super().__init__()
         self.cfg, self.meta = cfg, meta
         self.tasks = list(meta.tasks)
         self.backbone = build_backbone(cfg.backbone, meta.train_size, load_weights=load_backbone_weights)
-        if cfg.checkpoint_backbone:
-            self.backbone.set_grad_checkpointing(True)
         stride = self.backbone.stride
         grid = (meta.train_size[0] // stride, meta.train_size[1] // stride)
-        self.stages = nn.ModuleList(PAMEStage(c, len(self.tasks), cfg, grid) for c in self.backbone.out_channels)
+        t = len(self.tasks)
+        if cfg.decoder == "pamm":
+            stages = [PAMEStage(c, t, cfg, grid) for c in self.backbone.out_channels]
+        else:
+            stages = [SharedStage(c, t, cfg.dim) for c in self.backbone.out_channels]
+        self.stages = nn.ModuleList(stages)
         n_stages = len(self.stages)
         self.fusion = nn.ModuleDict({t: StageFusion(cfg.dim, n_stages) for t in self.tasks})
         self.heads = nn.ModuleDict({t: TaskHead(cfg.dim, meta.num_outputs[t]) for t in self.tasks})
@@ -73,46 +85,82 @@ class PAMM(nn.Module):
             for t, value in cfg.head_bias_init.items():
                 if t in self.heads:
                     self.heads[t].pred.bias.fill_(value)
-        self.fused = cfg.fused
+        self.set_runtime(runtime or RuntimeConfig())
 
     @property
     def stride(self) -> int:
         return self.backbone.stride
 
-    def _stage(self, stage: PAMEStage, f: Tensor) -> tuple[Tensor, list[Tensor]]:
-        run = stage.forward if self.fused else stage.forward_plain
-        if self.cfg.checkpoint_stages and self.training and torch.is_grad_enabled():
-            return checkpoint(run, f, use_reentrant=False)
-        return run(f)
+    # ---- runtime settings ----------------------------------------------------------------------------------
 
-    def forward(self, images: Tensor, return_routing: bool = False):
+    def set_runtime(self, runtime: RuntimeConfig) -> None:
+        """Execute with ``runtime``'s settings from now on (scan backend, activation checkpointing, channels-last
+        activations on CUDA); the weights are untouched. Raises ConfigError for an invalid setting."""
+        runtime = dataclasses.replace(runtime, activation_checkpointing=list(runtime.activation_checkpointing))
+        runtime.validate("runtime")
+        self.runtime = runtime
+        for stage in self.stages:
+            if isinstance(stage, PAMEStage):
+                stage.scan_backend = runtime.scan_backend
+        self.backbone.set_grad_checkpointing("backbone" in runtime.activation_checkpointing)
+
+    def set_grad_checkpointing(self, enable: bool | Collection[str] = True) -> None:
+        """Activation checkpointing (timm's method name): True for every place of
+        :data:`~pamm.config.ACTIVATION_CHECKPOINT_PLACES`, False for none, or a collection of places
+        (``backbone``, ``stages``)."""
+        places = list(ACTIVATION_CHECKPOINT_PLACES) if enable is True else [] if enable is False else list(enable)
+        self.set_runtime(dataclasses.replace(self.runtime, activation_checkpointing=places))
+
+    # ---- training ------------------------------------------------------------------------------------------
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters trained without weight decay (timm's convention): every PAME stage's A_log, D,
+        dt_bias and task priors. Everything else, the backbone included, is decayed."""
+        return {f"stages.{i}.{name}" for i, stage in enumerate(self.stages) for name in stage.no_weight_decay()}
+
+    # ---- forward -------------------------------------------------------------------------------------------
+
+    def check_input_size(self, images: Tensor) -> None:
+        """Raise ValueError unless the input's height and width are multiples of the backbone stride."""
         h, w = images.shape[-2:]
         if h % self.stride or w % self.stride:
             raise ValueError(f"input size {h}x{w} must be a multiple of the backbone stride {self.stride} "
                              f"(pad the image; the evaluation transforms do)")
-        feats = self.backbone(images)
-        if self.cfg.channels_last and images.is_cuda:
-            feats = [f.contiguous(memory_format=torch.channels_last) for f in feats]
-        stage_maps, routing = [], []
-        for stage, f in zip(self.stages, feats):
-            out, gates = self._stage(stage, f)
-            stage_maps.append(out.chunk(len(self.tasks), dim=1))
-            routing.extend(g[:, t] for g in gates for t in range(g.shape[1]))
+
+    def _run_stage(self, stage: nn.Module, f: Tensor) -> tuple[Tensor, list[Tensor]]:
+        if "stages" in self.runtime.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(stage, f, use_reentrant=False)
+        return stage(f)
+
+    def task_predictions(self, stage_outputs: list[Tensor], size: tuple[int, int]) -> dict[str, Tensor]:
+        """Task-stacked stage outputs [(b, T*d, h, w), ...] -> per task: stage fusion, head, bilinear resize to
+        ``size``: ``{task: (b, K_task, *size)}``."""
+        per_stage = [out.chunk(len(self.tasks), dim=1) for out in stage_outputs]
         outputs = {}
         for i, task in enumerate(self.tasks):
-            fused = self.fusion[task]([maps[i] for maps in stage_maps])
-            outputs[task] = F.interpolate(self.heads[task](fused), size=(h, w), mode="bilinear", align_corners=False)
-        return (outputs, routing) if return_routing else outputs
+            fused = self.fusion[task]([maps[i] for maps in per_stage])
+            outputs[task] = F.interpolate(self.heads[task](fused), size=size, mode="bilinear", align_corners=False)
+        return outputs
 
-    def decoder_parameters(self):
-        """Parameters outside the backbone (stages, fusion, heads)."""
-        return (p for name, p in self.named_parameters() if not name.startswith("backbone."))
+    def forward(self, images: Tensor, return_routing: bool = False):
+        self.check_input_size(images)
+        feats = self.backbone(images)
+        if self.runtime.channels_last and images.is_cuda:
+            feats = [f.contiguous(memory_format=torch.channels_last) for f in feats]
+        stage_outputs, routing = [], []
+        for stage, f in zip(self.stages, feats):
+            out, gates = self._run_stage(stage, f)
+            stage_outputs.append(out)
+            routing.extend(g[:, t] for g in gates for t in range(g.shape[1]))
+        outputs = self.task_predictions(stage_outputs, tuple(images.shape[-2:]))
+        return (outputs, routing) if return_routing else outputs
 
 
 def build_model(cfg: Config, load_backbone_weights: bool = True) -> PAMM:
-    """Build the model of an experiment config (tasks and head sizes from its dataset)."""
+    """Build the model of an experiment config (tasks and head sizes from its dataset, execution settings from
+    ``cfg.runtime``)."""
     spec = dataset_spec(cfg.data.dataset)
     tasks = tuple(cfg.data.task_list)
     meta = ModelMeta(dataset=spec.name, tasks=tasks, num_outputs={t: spec.num_outputs[t] for t in tasks},
                      train_size=tuple(cfg.data.train_size), stride=cfg.model.backbone.patch_size)
-    return PAMM(cfg.model, meta, load_backbone_weights=load_backbone_weights)
+    return PAMM(cfg.model, meta, load_backbone_weights=load_backbone_weights, runtime=cfg.runtime)

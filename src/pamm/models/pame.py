@@ -111,6 +111,7 @@ class PAMEStage(SharedStage):
         names = {"A_log", "D", "dt_bias"}
         return names | ({"prior.B", "prior.C"} if self.prior is not None else set())
 
+    @torch.compiler.disable  # computed once per grid in NumPy: left out of compiled graphs
     def orders(self, height: int, width: int, device: torch.device) -> Tensor:
         """Scan orders (K, H*W) for this grid on ``device`` (cached)."""
         key = (height, width, str(device))

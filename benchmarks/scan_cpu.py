@@ -1,4 +1,4 @@
-"""CPU selective scan benchmark: the Numba backend (selective_scan_cpu) against the chunked PyTorch backend.
+"""CPU selective scan benchmark: the Numba backend (selective_scan_cpu) against the pure-PyTorch reference.
 
 Median forward and forward+backward times (after a warm-up call) at the CPU demo's stage shape and at a long
 ungrouped sequence, on the given thread counts, and optionally the kernels' first-call time with an empty and with
@@ -23,15 +23,14 @@ import time
 
 import torch
 
-from pamm.ops import scan_orders
-from pamm.ops.selective_scan_chunked import selective_scan_chunked
+from pamm.ops import scan_orders, selective_scan_reference
 from pamm.ops.selective_scan_cpu import selective_scan_cpu
 
 SHAPES = {  # name: batch, channels (tasks x d_inner), state, token grid (L = H * W), B/C groups, scan directions
     "demo": dict(batch=8, channels=4 * 128, state=8, grid=(12, 16), groups=4, directions=4),
     "long": dict(batch=2, channels=1536, state=16, grid=(28, 36), groups=None, directions=None),
 }
-BACKENDS = {"cpu": selective_scan_cpu, "chunked": selective_scan_chunked}
+BACKENDS = {"cpu": selective_scan_cpu, "reference": selective_scan_reference}
 
 
 def make_inputs(batch, channels, state, grid, groups, directions, seed=0):
@@ -131,7 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.compile_only:
         print(f"torch {torch.__version__}, {os.cpu_count()} CPUs visible; medians of {args.repeats} interleaved calls "
-              "after a warm-up (ms); x: speed-up over chunked")
+              "after a warm-up (ms); x: speed-up over the reference")
         header = f"{'shape':<6} {'backend':<8} {'threads':>7} {'fwd':>9} {'fwd+bwd':>9} {'fwd x':>7} {'f+b x':>7}"
         print(header)
         print("-" * len(header))
@@ -145,8 +144,8 @@ def main() -> None:
                 for name in args.backends.split(","):
                     fwd, fwd_bwd = ms[name, "fwd"], ms[name, "fwd+bwd"]
                     speedup = f"{'':>7} {'':>7}"
-                    if name != "chunked" and ("chunked", "fwd") in ms:
-                        speedup = f"{ms['chunked', 'fwd'] / fwd:7.1f} {ms['chunked', 'fwd+bwd'] / fwd_bwd:7.1f}"
+                    if name != "reference" and ("reference", "fwd") in ms:
+                        speedup = f"{ms['reference', 'fwd'] / fwd:7.1f} {ms['reference', 'fwd+bwd'] / fwd_bwd:7.1f}"
                     print(f"{shape:<6} {name:<8} {threads:>7} {fwd:9.1f} {fwd_bwd:9.1f} {speedup}", flush=True)
     if args.compile or args.compile_only:
         print("\nselective_scan_cpu in a fresh process (s): import (after torch's), then the first float32 and float64 "

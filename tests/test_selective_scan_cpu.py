@@ -1,4 +1,4 @@
-"""The Numba CPU selective scan (backend "cpu") against the sequential reference: values and every input's gradient.
+"""The Numba CPU selective scan (backend "cpu") against the float64 oracle: values and every input's gradient.
 
 The kernels compile on first use (two signatures: float32 and float64; about 10 s each on a CI core, then cached
 on disk), so the cases use small shapes and share them.
@@ -13,12 +13,17 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("numba", reason="numba is not installed: the cpu backend (selective_scan_cpu) needs it")
-
-from pamm.ops import scan_orders  # noqa: E402
-from pamm.ops.selective_scan import selective_scan_reference  # noqa: E402
-from pamm.ops.selective_scan_cpu import selective_scan_cpu  # noqa: E402
-from test_selective_scan import NAMES, assert_matches_reference, make_inputs, random_orders, rel_err  # noqa: E402
+from pamm.ops import scan_orders
+from pamm.ops.selective_scan_cpu import selective_scan_cpu
+from scan_oracle import (
+    NAMES,
+    assert_matches_oracle,
+    channels_last_views,
+    make_inputs,
+    random_orders,
+    rel_err,
+    sequential_scan,
+)
 
 cpu_module = importlib.import_module("pamm.ops.selective_scan_cpu")  # the module (pamm.ops may export the function)
 
@@ -51,20 +56,20 @@ def width(monkeypatch):
 def test_matches_reference_float64(groups, softplus, bias, skip, K, L, w, width):
     width(w)
     inputs = make_inputs(d=24, L=L, groups=groups, bias=bias, skip=skip, seed=L)
-    assert_matches_reference(selective_scan_cpu, inputs, 1e-10, delta_softplus=softplus, orders=_orders(K, L, L))
+    assert_matches_oracle(selective_scan_cpu, inputs, 1e-10, delta_softplus=softplus, orders=_orders(K, L, L))
 
 
 @pytest.mark.parametrize("groups,K,L", [(None, None, 31), (4, "hilbert", 20)])
 def test_matches_reference_float32(groups, K, L):
     inputs = make_inputs(b=2, d=32, N=8, L=L, groups=groups, dtype=torch.float32, seed=L)
-    assert_matches_reference(selective_scan_cpu, inputs, 1e-5, delta_softplus=True, orders=_orders(K, L, L))
+    assert_matches_oracle(selective_scan_cpu, inputs, 1e-5, delta_softplus=True, orders=_orders(K, L, L))
 
 
 def test_shared_B_grouped_C():
     """One of B, C shared by all channels (b, N, L), the other grouped (b, g, N, L): as the reference does."""
     inputs = make_inputs(d=12, L=14, groups=3)
     inputs["B"] = make_inputs(d=12, L=14, seed=5)["B"]
-    assert_matches_reference(selective_scan_cpu, inputs, 1e-10, delta_softplus=True, orders=random_orders(2, 14))
+    assert_matches_oracle(selective_scan_cpu, inputs, 1e-10, delta_softplus=True, orders=random_orders(2, 14))
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
@@ -74,7 +79,7 @@ def test_large_decays_finite_and_exact(dtype, tol):
     with torch.no_grad():
         inputs["delta"].uniform_(0.2, 1.0)
         inputs["delta"][:, :, ::7] = 40.0
-    assert_matches_reference(selective_scan_cpu, inputs, tol, orders=random_orders(2, 40))
+    assert_matches_oracle(selective_scan_cpu, inputs, tol, orders=random_orders(2, 40))
 
 
 def test_softplus_threshold_and_extremes():
@@ -83,31 +88,26 @@ def test_softplus_threshold_and_extremes():
     with torch.no_grad():
         inputs["delta"][:, :4] = torch.linspace(15.0, 25.0, 16)
         inputs["delta"][:, 4:] = torch.linspace(-80.0, -10.0, 16)
-    assert_matches_reference(selective_scan_cpu, inputs, 1e-10, delta_softplus=True, orders=random_orders(2, 16))
+    assert_matches_oracle(selective_scan_cpu, inputs, 1e-10, delta_softplus=True, orders=random_orders(2, 16))
 
 
 def test_orders_with_repeated_positions_and_int32():
     """Any index rows, as in the reference (gather, then scatter-add); int32 orders."""
     inputs = make_inputs(L=10)
     orders = torch.tensor([[0, 1, 1, 3, 4, 5, 6, 9, 9, 2], [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]], dtype=torch.int32)
-    assert_matches_reference(selective_scan_cpu, inputs, 1e-10, delta_softplus=True, orders=orders)
+    assert_matches_oracle(selective_scan_cpu, inputs, 1e-10, delta_softplus=True, orders=orders)
 
 
 def test_strided_inputs():
     """The model's layouts: u, delta views of (b, L, d) memory; B, C views of (b, L, g, N) memory; A, orders
     transposed views."""
-    b, g, N, L, d = 2, 2, 4, 15, 8
-    inputs = make_inputs(b=b, d=d, N=N, L=L, groups=g)
-    views = dict(inputs)
-    for name in ("u", "delta"):
-        views[name] = inputs[name].detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
-        assert views[name].stride(1) == 1
-    for name in ("B", "C"):
-        views[name] = inputs[name].detach().permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1).requires_grad_()
+    inputs = make_inputs(b=2, d=8, N=4, L=15, groups=2)
+    views = channels_last_views(inputs)
+    assert views["u"].stride(1) == 1
     views["A"] = inputs["A"].detach().t().contiguous().t().requires_grad_()
     orders = scan_orders(3, 5).t().contiguous().t()
     assert not orders.is_contiguous()
-    assert_matches_reference(selective_scan_cpu, views, 1e-10, delta_softplus=True, orders=orders)
+    assert_matches_oracle(selective_scan_cpu, views, 1e-10, delta_softplus=True, orders=orders)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -116,7 +116,8 @@ def test_low_precision_inputs(dtype):
     orders = random_orders(2, 20)
     y = selective_scan_cpu(**inputs, delta_softplus=True, orders=orders)
     assert y.dtype == dtype
-    y_ref = selective_scan_reference(**inputs, delta_softplus=True, orders=orders)  # float32 inside, same rounding
+    wide = {k: (v.detach().double() if v is not None else None) for k, v in inputs.items()}
+    y_ref = sequential_scan(**wide, delta_softplus=True, orders=orders)
     assert rel_err(y, y_ref) < 1e-2
     y.float().sum().backward()
     assert all(inputs[n].grad.dtype == dtype and torch.isfinite(inputs[n].grad).all() for n in NAMES)
@@ -163,7 +164,7 @@ def test_no_grad_inputs_and_no_warnings():
         warnings.simplefilter("error")
         y = selective_scan_cpu(**inputs, delta_softplus=True)
         (g_u,) = torch.autograd.grad(y.sum(), inputs["u"])
-    y_ref = selective_scan_reference(**inputs, delta_softplus=True)
+    y_ref = sequential_scan(**inputs, delta_softplus=True)
     assert rel_err(y, y_ref) < 1e-10 and g_u.shape == inputs["u"].shape
 
 
@@ -178,13 +179,6 @@ def test_rejects_bad_orders_and_devices():
     if torch.cuda.is_available():
         with pytest.raises(ValueError, match="CPU"):
             selective_scan_cpu(**{k: v.cuda() if v is not None else None for k, v in inputs.items()})
-
-
-def test_numba_missing_raises_clearly(monkeypatch):
-    monkeypatch.setattr(cpu_module, "numba", None)
-    monkeypatch.setattr(cpu_module, "NUMBA_IMPORT_ERROR", "numba is not importable: test")
-    with pytest.raises(RuntimeError, match="numba is not importable"):
-        selective_scan_cpu(**make_inputs(L=4))
 
 
 def test_vectorised_math_against_torch():

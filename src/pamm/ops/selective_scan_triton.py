@@ -1,22 +1,38 @@
-"""Selective scan as Triton kernels: one launch covers every scan order (direction) of every channel group.
+"""Selective scan as Triton kernels (the GPU backend): one launch covers every scan order of every channel group,
+each order walked in tiles of ``tile`` steps with an associative scan along the tile's time axis.
 
-Each program owns one batch element and a block of ``block_d`` channels of one B/C group, keeps the state
-(block_d, N) in registers in the compute dtype (float32, float64 for float64 inputs) and walks the K scan orders one
-after another, 4 steps per loop iteration. All of an iteration's loads (its 4 steps' inputs and what the earlier
-orders accumulated at their positions) are issued before its first store: the compiler cannot move a load above a
-store it cannot prove disjoint, and each such load would cost a memory round trip per step (docs/kernel-notes.md).
-Inputs are read where they lie, through the order's indices: no permuted copies. Outputs of the K orders are summed
-in place by the program that owns them (a read-modify-write per order after the first; deterministic, no atomics).
+One program per (batch element, block of ``block_d`` channels of one B/C group) walks the K orders one after
+another and sums their outputs in place (deterministic, no atomics). Per tile, a program
 
-Decays are ``exp2(dt * A * log2(e))`` with ``A * log2(e)`` precomputed. The forward pass saves the state every
-``chunk`` steps of every order, (b, K, L / chunk, d, N) values. The backward kernel walks each order backwards one
-chunk at a time: it recomputes the chunk's states from its saved start (keeping every 4th in a small per-program
-scratch), then per 4-step group recomputes the 4 states in registers and runs the adjoint recurrence through them.
-Gradients of B and C (sums over a group's channels) go to per-channel-block partial sums that PyTorch adds up; gA,
-gD and g(delta_bias) to per-batch-element partials. Nothing of size (b, d, L, N) is ever stored.
+1. gathers the whole tile at once: the tile's positions ``orders[k, t0:t0 + tile]`` as a vector, then (tile, block_d)
+   tiles of u, delta (and of what the earlier orders accumulated there) and (tile, N) tiles of B and C, all issued
+   together, one tile *ahead* of the arithmetic (software prefetch: the next tile's loads are in flight while the
+   current tile is computed; positions two tiles ahead);
+2. computes the decays a = exp2(dt * A * log2 e) and inputs b = dt * u * B as (tile, block_d, N) tensors, lets the
+   carried state enter through row 0 (b_0 += a_0 * h) and runs ``tl.associative_scan`` along the tile's time axis
+   with the combine of affine maps (a1, b1) then (a2, b2) = (a1 * a2, a2 * b1 + b2): only products of decays, never
+   a division, so any |dt * A| stays finite;
+3. reduces y_t = <h_t, C_t> + D u_t, adds the earlier orders' partial sums and stores the tile; the state after the
+   tile's last row is carried on.
 
-Every row of ``orders`` must be a permutation of 0..L-1 (what ``scan_orders`` returns): a repeated position within
-one order would be updated twice in one read-modify-write.
+The tile tensors are laid out so that Triton's default layout keeps the time axis inside each thread (the scan is
+a register recurrence) and, with ``ch_minor``, most of the state axis too (see ``_by_channel``); one warp per
+program by default. float32 on NVIDIA GPUs uses ``ex2.approx.ftz`` (``fast_exp2``).
+
+Backward, per order, walking the saved chunk boundaries (every ``chunk`` steps, a multiple of both tiles) from the
+end: pass 1 recomputes the chunk tile by tile and keeps each tile's entry state in a small per-program scratch;
+pass 2 visits the chunk's tiles in reverse and, per tile, runs two scans: a forward one that yields every row's
+state *before* the step (an exclusive scan, through a 4-tuple combine that carries the exclusive aggregate beside the
+inclusive one; so a_t * h_{t-1} is formed directly, never as h_t - b_t), and one for the adjoint,
+q_t = a_t * (C_t * dy_t + q_{t+1}), run on the tile flipped in registers (``_flip_rows``; Triton's ``reverse=True``
+scan shuffles every value across the warp), again exclusive so that dh_t = C_t * dy_t + q_{t+1} needs no shifted
+decay.
+Gradients of u and delta are written per position (summed over the orders in place); dB, dC go to per-channel-block
+partials that PyTorch sums; dA, dD, d(delta_bias) to per-batch-element partials. Nothing of size (b, d, L, N) is
+ever stored.
+
+Every row of ``orders`` must be a permutation of 0..L-1 (a repeated position would be updated twice in one
+read-modify-write, and the prefetch reads positions the current tile is about to write only if they repeat).
 """
 
 from __future__ import annotations
@@ -29,11 +45,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .selective_scan import _check_inputs, _grouped, triton_kernel
+from ._scan_common import check_inputs, compute_dtype, group_count, grouped, ungroup_grad
 
-__all__ = ["selective_scan_triton", "kernel_config"]
+__all__ = ["selective_scan_triton", "kernel_config", "resolve_config", "CONFIG_KEYS"]
 
-_ROWS = 4  # steps per loop iteration (the code below is unrolled for exactly 4)
+CONFIG_KEYS = ("tile", "block_d", "num_warps", "ch_minor", "bwd_tile", "bwd_block_d", "bwd_num_warps", "bwd_ch_minor",
+               "chunk", "fast_exp2")
 
 
 @triton.jit
@@ -51,67 +68,174 @@ def _softplus_grad(x):
     return tl.where(x > 20.0, 1.0, e / (1.0 + e))
 
 
+# ---- scan combines ---------------------------------------------------------------------------------------------
+
 @triton.jit
-def _load_step(t, L, order_ptr, u_ptr, d_ptr, B_ptr, C_ptr, su_l, sd_l, sB_l, sC_l, u_cols, d_cols, B_cols, C_cols,
-               c_mask, n_mask, bias, HAS_ORDERS: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-               LOAD_C: tl.constexpr):
-    """Step t of the current order: position, u, pre-softplus delta, dt (block_d,; dt = 0 past the end) and the
-    B and C rows, broadcast over the block's channels (block_d, N_BLOCK) so that they share the state's layout."""
-    valid = t < L
+def _affine_combine(a_first, b_first, a_then, b_then):
+    """Composition of x -> a_first * x + b_first, then x -> a_then * x + b_then."""
+    return a_first * a_then, b_first * a_then + b_then
+
+
+@triton.jit
+def _affine_excl_combine(a_first, b_first, ea_first, eb_first, a_then, b_then, ea_then, eb_then):
+    """Like ``_affine_combine`` on (a, b), plus the exclusive aggregate (ea, eb): the composition of all but the
+    segment's last element. For a concatenation it is the first segment's full map then the second's exclusive one
+    (ea_first, eb_first are not needed). Start every element at (a, b, 1, 0)."""
+    return a_first * a_then, b_first * a_then + b_then, a_first * ea_then, b_first * ea_then + eb_then
+
+
+# ---- tile helpers ----------------------------------------------------------------------------------------------
+
+@triton.jit
+def _positions(t0, L, order_ptr, rows, HAS_ORDERS: tl.constexpr):
+    """Positions (tile,) visited at steps t0 + rows of the current order (0 outside 0..L-1, which is masked)."""
+    t = t0 + rows
     if HAS_ORDERS:
-        pos = tl.load(order_ptr + t, mask=valid, other=0)
+        pos = tl.load(order_ptr + t, mask=(t >= 0) & (t < L), other=0)
     else:
-        pos = t
-    cm = c_mask & valid
-    u = tl.load(u_ptr + pos * su_l + u_cols, mask=cm, other=0.0).to(bias.dtype)
-    pre = tl.load(d_ptr + pos * sd_l + d_cols, mask=cm, other=0.0).to(bias.dtype)
+        pos = tl.where((t >= 0) & (t < L), t, 0)
+    return pos
+
+
+@triton.jit
+def _row_masks(t0, L, rows, c_mask, n_mask):
+    """Masks of a tile's valid rows: (tile, block_d) for channel tensors, (tile, N_BLOCK) for B and C."""
+    t = t0 + rows
+    valid = (t >= 0) & (t < L)
+    return valid[:, None] & c_mask[None, :], valid[:, None] & n_mask
+
+
+@triton.jit
+def _gather_rows(base, pos, s_l, cols, mask):
+    """(tile, width) gather: row i is base[pos[i] * s_l + cols]; 0 where masked."""
+    return tl.load(base + pos[:, None] * s_l + cols[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _step_inputs(u_raw, pre_raw, cm, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """u and delta tiles in the compute dtype: u, pre-softplus delta (+ bias) and dt (0 on masked rows)."""
+    u = u_raw.to(bias.dtype)
+    pre = pre_raw.to(bias.dtype)
     if HAS_BIAS:
-        pre += bias
+        pre += bias[None, :]
     if SOFTPLUS:
         dt = _softplus(pre)
     else:
         dt = pre
-    dt = tl.where(cm, dt, 0.0)
-    Bv = tl.load(B_ptr + pos * sB_l + B_cols, mask=n_mask & valid, other=0.0).to(bias.dtype)
-    if LOAD_C:
-        Cv = tl.load(C_ptr + pos * sC_l + C_cols, mask=n_mask & valid, other=0.0).to(bias.dtype)
+    return u, pre, tl.where(cm, dt, 0.0)
+
+
+# The (tile, channels, state) tensors of a tile are laid out (tile, block_d, N_BLOCK) or, with CH_MINOR,
+# (tile, N_BLOCK, block_d); the state of a program accordingly (block_d, N_BLOCK) or (N_BLOCK, block_d). Triton's
+# default layout spreads the last axis over the lanes first and repeats the first (time) axis inside each thread,
+# so the tile's scan is sequential in registers either way; CH_MINOR puts the channels on the lanes and part of the
+# state axis in registers, which makes the sums over the state (y, du, d delta) cheaper and those over channels
+# (dB, dC) dearer.
+
+@triton.jit
+def _by_channel(x, CH_MINOR: tl.constexpr):
+    """(tile, block_d) -> broadcastable against a tile tensor."""
+    if CH_MINOR:
+        return x[:, None, :]
     else:
-        Cv = Bv
-    return pos, u, pre, dt, Bv, Cv
+        return x[:, :, None]
 
 
 @triton.jit
-def _advance(h, A2, dt, u, Bv):
-    """One step of the recurrence: returns the new state and the decay exp2(dt * A2)."""
-    a = tl.exp2(dt[:, None] * A2)
-    return a * h + (dt * u)[:, None] * Bv, a
+def _by_state(x, CH_MINOR: tl.constexpr):
+    """(tile, N_BLOCK) -> broadcastable against a tile tensor."""
+    if CH_MINOR:
+        return x[:, :, None]
+    else:
+        return x[:, None, :]
 
 
 @triton.jit
-def _earlier(t, L, k, pos, ptr, s_l, cols, mask):
-    """What the earlier orders accumulated at step t's position (0 during the first order). Loaded with the step's
-    inputs, before any store of the iteration: a load after a store cannot be hoisted by the compiler (it cannot
-    know that the positions differ), which would cost a memory round trip per step."""
-    return tl.load(ptr + pos * s_l + cols, mask=mask & (t < L) & (k > 0), other=0.0)
+def _sum_over_state(x, CH_MINOR: tl.constexpr):
+    """(tile, .., ..) -> (tile, block_d)."""
+    if CH_MINOR:
+        return tl.sum(x, axis=1)
+    else:
+        return tl.sum(x, axis=2)
 
 
 @triton.jit
-def _forward_output(t, L, pos, h, u, Cv, Dv, y_old, y_ptr, sy_l, y_cols, c_mask, HAS_D: tl.constexpr):
-    """Write step t's output plus what the earlier orders accumulated there."""
-    y = tl.sum(h * Cv, axis=1) + y_old
-    if HAS_D:
-        y += Dv * u
-    tl.store(y_ptr + pos * sy_l + y_cols, y, mask=c_mask & (t < L))
+def _sum_over_channels(x, CH_MINOR: tl.constexpr):
+    """(tile, .., ..) -> (tile, N_BLOCK)."""
+    if CH_MINOR:
+        return tl.sum(x, axis=2)
+    else:
+        return tl.sum(x, axis=1)
 
+
+@triton.jit
+def _state_grid(ch, n, c_mask, N: tl.constexpr, N_BLOCK: tl.constexpr, CH_MINOR: tl.constexpr):
+    """Offsets ch * N + n and mask of a program's state (channels ch, state indices n), in its layout."""
+    n_ok = n < N
+    if N == N_BLOCK:
+        n_ok = tl.full((N_BLOCK,), 1, tl.int1)
+    if CH_MINOR:
+        return n[:, None] + ch[None, :] * N, n_ok[:, None] & c_mask[None, :]
+    else:
+        return ch[:, None] * N + n[None, :], c_mask[:, None] & n_ok[None, :]
+
+
+@triton.jit
+def _exp2(x, FAST_EXP2: tl.constexpr):
+    """2**x; FAST_EXP2 (float32 on NVIDIA GPUs only): one MUFU.EX2 with results below 2**-126 flushed to zero
+    (``tl.exp2`` adds a denormal guard of three instructions to each)."""
+    if FAST_EXP2:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    else:
+        return tl.exp2(x)
+
+
+@triton.jit
+def _tile_states(dt, u, Bv, A2, h_before, rows, CH_MINOR: tl.constexpr, FAST_EXP2: tl.constexpr):
+    """States after each row of the tile, (tile, state layout), from the state before the tile. Masked rows have
+    dt = 0: decay 1, input 0, so the last row holds the state after the last valid one. The state before the tile
+    enters through row 0's input (a_0 * h + b_0), so only the input part of the scan is used: with the time axis
+    inside each thread the products of decays are dead code."""
+    a = _exp2(_by_channel(dt, CH_MINOR) * A2[None, :, :], FAST_EXP2)
+    b = _by_channel(dt * u, CH_MINOR) * _by_state(Bv, CH_MINOR)
+    b = tl.where((rows == 0)[:, None, None], b + a * h_before[None, :, :], b)
+    _, hs = tl.associative_scan((a, b), 0, _affine_combine)
+    return hs
+
+
+@triton.jit
+def _flip_rows(x, TILE_BITS: tl.constexpr):
+    """x reversed along its first axis (of 2**TILE_BITS rows). Each bit of the row index is complemented in turn:
+    seen as a (2, ..., 2, rest) tensor, a size-2 axis holding (p, q) becomes (q, p) as p ^ (p ^ q) on the bit
+    patterns. With the rows inside each thread this is register renaming, where Triton's ``reverse=True`` scan
+    shuffles every value across the warp."""
+    if x.dtype == tl.float64:
+        bits = x.to(tl.int64, bitcast=True)
+    else:
+        bits = x.to(tl.int32, bitcast=True)
+    bits = tl.reshape(bits, [2] * TILE_BITS + [x.shape[1], x.shape[2]])
+    for i in tl.static_range(TILE_BITS):
+        bits = bits ^ tl.xor_sum(bits, i, keep_dims=True)
+    return tl.reshape(bits, x.shape).to(x.dtype, bitcast=True)
+
+
+@triton.jit
+def _row(x, rows, r: tl.constexpr):
+    """Row r of a tile tensor (an exact select-and-sum over the time axis, which lies inside each thread)."""
+    return tl.sum(tl.where((rows == r)[:, None, None], x, 0.0), axis=0)
+
+
+# ---- forward ---------------------------------------------------------------------------------------------------
 
 @triton.jit
 def _scan_fwd_kernel(
     u_ptr, d_ptr, A2_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, orders_ptr, y_ptr, states_ptr,
     L, K, chans_per_group, num_chunks,
     su_b, su_c, su_l, sd_b, sd_c, sd_l, sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sy_b, sy_c, sy_l,
-    N: tl.constexpr, N_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+    N: tl.constexpr, N_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_ORDERS: tl.constexpr,
-    SAVE_STATES: tl.constexpr,
+    SAVE_STATES: tl.constexpr, CH_MINOR: tl.constexpr, FAST_EXP2: tl.constexpr,
 ):
     pid_c = tl.program_id(0)
     pid_g = tl.program_id(1)
@@ -121,12 +245,12 @@ def _scan_fwd_kernel(
     c_mask = c_local < chans_per_group
     ch = pid_g * chans_per_group + c_local
     n = tl.arange(0, N_BLOCK)
-    if N == N_BLOCK:  # no mask along the state: keeps its loads vectorised
+    if N == N_BLOCK:  # no mask along the state: keeps the B, C row loads vectorised
         n_mask = tl.full((1, N_BLOCK), 1, tl.int1)
     else:
         n_mask = (n < N)[None, :]
-    cn_mask = c_mask[:, None] & n_mask
-    A2 = tl.load(A2_ptr + ch[:, None] * N + n[None, :], mask=cn_mask, other=0.0)
+    cn_offs, cn_mask = _state_grid(ch, n, c_mask, N, N_BLOCK, CH_MINOR)
+    A2 = tl.load(A2_ptr + cn_offs, mask=cn_mask, other=0.0)
     cdt = A2.dtype
     bias = tl.zeros((BLOCK_D,), dtype=cdt)
     if HAS_BIAS:
@@ -141,89 +265,92 @@ def _scan_fwd_kernel(
     y_base = y_ptr + pid_b * sy_b
     u_cols = ch * su_c
     d_cols = ch * sd_c
-    row = tl.zeros((BLOCK_D, 1), dtype=tl.int32)  # B and C rows are read as (block_d, N) broadcasts
-    B_cols = row + n[None, :] * sB_n
-    C_cols = row + n[None, :] * sC_n
     y_cols = ch * sy_c
+    B_cols = n * sB_n
+    C_cols = n * sC_n
+    rows = tl.arange(0, TILE)
+    n_tiles = tl.cdiv(L, TILE)
     for k in range(K):
         order = orders_ptr + k * L
-        h = tl.zeros((BLOCK_D, N_BLOCK), dtype=cdt)
-        for j in range(num_chunks):
-            if SAVE_STATES:
-                s_ptrs = states_ptr + ((pid_b * K + k) * num_chunks + j) * d_total * N + ch[:, None] * N + n[None, :]
-                tl.store(s_ptrs, h, mask=cn_mask)
-            for t in range(j * CHUNK, tl.minimum(j * CHUNK + CHUNK, L), 4):
-                p0, u0, _, dt0, B0, C0 = _load_step(t, L, order, u_base, d_base, B_base, C_base, su_l, sd_l, sB_l,
-                                                    sC_l, u_cols, d_cols, B_cols, C_cols, c_mask, n_mask, bias,
-                                                    HAS_ORDERS, HAS_BIAS, SOFTPLUS, True)
-                p1, u1, _, dt1, B1, C1 = _load_step(t + 1, L, order, u_base, d_base, B_base, C_base, su_l, sd_l,
-                                                    sB_l, sC_l, u_cols, d_cols, B_cols, C_cols, c_mask, n_mask, bias,
-                                                    HAS_ORDERS, HAS_BIAS, SOFTPLUS, True)
-                p2, u2, _, dt2, B2, C2 = _load_step(t + 2, L, order, u_base, d_base, B_base, C_base, su_l, sd_l,
-                                                    sB_l, sC_l, u_cols, d_cols, B_cols, C_cols, c_mask, n_mask, bias,
-                                                    HAS_ORDERS, HAS_BIAS, SOFTPLUS, True)
-                p3, u3, _, dt3, B3, C3 = _load_step(t + 3, L, order, u_base, d_base, B_base, C_base, su_l, sd_l,
-                                                    sB_l, sC_l, u_cols, d_cols, B_cols, C_cols, c_mask, n_mask, bias,
-                                                    HAS_ORDERS, HAS_BIAS, SOFTPLUS, True)
-                y0 = _earlier(t, L, k, p0, y_base, sy_l, y_cols, c_mask)
-                y1 = _earlier(t + 1, L, k, p1, y_base, sy_l, y_cols, c_mask)
-                y2 = _earlier(t + 2, L, k, p2, y_base, sy_l, y_cols, c_mask)
-                y3 = _earlier(t + 3, L, k, p3, y_base, sy_l, y_cols, c_mask)
-                h, _ = _advance(h, A2, dt0, u0, B0)
-                _forward_output(t, L, p0, h, u0, C0, Dv, y0, y_base, sy_l, y_cols, c_mask, HAS_D)
-                h, _ = _advance(h, A2, dt1, u1, B1)
-                _forward_output(t + 1, L, p1, h, u1, C1, Dv, y1, y_base, sy_l, y_cols, c_mask, HAS_D)
-                h, _ = _advance(h, A2, dt2, u2, B2)
-                _forward_output(t + 2, L, p2, h, u2, C2, Dv, y2, y_base, sy_l, y_cols, c_mask, HAS_D)
-                h, _ = _advance(h, A2, dt3, u3, B3)
-                _forward_output(t + 3, L, p3, h, u3, C3, Dv, y3, y_base, sy_l, y_cols, c_mask, HAS_D)
+        h = tl.zeros(A2.shape, dtype=cdt)
+        # prologue: the first tile's inputs, the second tile's positions
+        pos = _positions(0, L, order, rows, HAS_ORDERS)
+        cm, nm = _row_masks(0, L, rows, c_mask, n_mask)
+        u_raw = _gather_rows(u_base, pos, su_l, u_cols, cm)
+        pre_raw = _gather_rows(d_base, pos, sd_l, d_cols, cm)
+        B_raw = _gather_rows(B_base, pos, sB_l, B_cols, nm)
+        C_raw = _gather_rows(C_base, pos, sC_l, C_cols, nm)
+        y_old = _gather_rows(y_base, pos, sy_l, y_cols, cm & (k > 0))
+        pos_next = _positions(TILE, L, order, rows, HAS_ORDERS)
+        for i in range(n_tiles):
+            t0 = i * TILE
+            # the next tile's loads, issued before this tile's arithmetic and stores (positions within one order
+            # are distinct, so the y read-modify-write of the next tile cannot meet this tile's)
+            cm_next, nm_next = _row_masks(t0 + TILE, L, rows, c_mask, n_mask)
+            u_next = _gather_rows(u_base, pos_next, su_l, u_cols, cm_next)
+            pre_next = _gather_rows(d_base, pos_next, sd_l, d_cols, cm_next)
+            B_next = _gather_rows(B_base, pos_next, sB_l, B_cols, nm_next)
+            C_next = _gather_rows(C_base, pos_next, sC_l, C_cols, nm_next)
+            y_old_next = _gather_rows(y_base, pos_next, sy_l, y_cols, cm_next & (k > 0))
+            pos_after = _positions(t0 + 2 * TILE, L, order, rows, HAS_ORDERS)
+            if SAVE_STATES:  # the state entering each chunk (chunk is a multiple of the tile)
+                s_ptrs = states_ptr + ((pid_b * K + k) * num_chunks + t0 // CHUNK) * d_total * N + cn_offs
+                tl.store(s_ptrs, h, mask=cn_mask & (t0 % CHUNK == 0))
+            u, _, dt = _step_inputs(u_raw, pre_raw, cm, bias, HAS_BIAS, SOFTPLUS)
+            hs = _tile_states(dt, u, B_raw.to(cdt), A2, h, rows, CH_MINOR, FAST_EXP2)
+            y = _sum_over_state(hs * _by_state(C_raw.to(cdt), CH_MINOR), CH_MINOR) + y_old
+            if HAS_D:
+                y += Dv[None, :] * u
+            tl.store(y_base + pos[:, None] * sy_l + y_cols[None, :], y, mask=cm)
+            h = _row(hs, rows, TILE - 1)
+            pos, cm, nm = pos_next, cm_next, nm_next
+            u_raw, pre_raw, B_raw, C_raw, y_old = u_next, pre_next, B_next, C_next, y_old_next
+            pos_next = pos_after
         tl.debug_barrier()  # the next order reads outputs other threads of this program wrote
 
 
-@triton.jit
-def _grad_step(ghd, h_prev, h, a, A2, ln2, u, dt, Bv, Cv, gy):
-    """Adjoint of one step, going backwards. ghd: decay(t+1) * adjoint(t+1). Returns the carry for step t-1,
-    d loss/dA contribution (block_d, N), du, d dt (block_d,), dB, dC (1, N) summed over the block's channels."""
-    gh = ghd + gy[:, None] * Cv
-    sum_B = tl.sum(gh * Bv, axis=1)
-    via_decay = gh * a * h_prev  # d loss / d(dt * A)
-    g_dt = u * sum_B + ln2 * tl.sum(via_decay * A2, axis=1)
-    g_B = tl.sum(gh * (dt * u)[:, None], axis=0, keep_dims=True)
-    g_C = tl.sum(h * gy[:, None], axis=0, keep_dims=True)
-    return a * gh, dt[:, None] * via_decay, dt * sum_B, g_dt, g_B, g_C
-
+# ---- backward --------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _earlier_grads(t, L, k, pos, gu_ptr, sgu_l, gu_cols, gd_ptr, sgd_l, gd_cols, gB_ptr, gC_ptr, n, c_mask, n_mask,
-                   N: tl.constexpr):
-    """The gradients the earlier orders accumulated at step t's position: du, d delta (block_d,), dB, dC partials
-    (1, N). Loaded with the step's inputs (see ``_earlier``)."""
-    g_u = _earlier(t, L, k, pos, gu_ptr, sgu_l, gu_cols, c_mask)
-    g_d = _earlier(t, L, k, pos, gd_ptr, sgd_l, gd_cols, c_mask)
-    g_B = _earlier(t, L, k, pos, gB_ptr, N, n[None, :], n_mask)
-    g_C = _earlier(t, L, k, pos, gC_ptr, N, n[None, :], n_mask)
-    return g_u, g_d, g_B, g_C
-
-
-@triton.jit
-def _backward_outputs(t, L, pos, pre, u, gy, g_u, g_dt, g_B, g_C, gu_old, gd_old, gB_old, gC_old, Dv, gu_ptr,
-                      sgu_l, gu_cols, gd_ptr, sgd_l, gd_cols, gB_ptr, gC_ptr, n, c_mask, n_mask, N: tl.constexpr,
-                      HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """Write step t's gradients plus the earlier orders' at its position; returns (gy * u, g_delta) for the D and
-    bias sums."""
-    valid = t < L
-    m = c_mask & valid
+def _tile_grads(u, pre, dt, Bv, Cv, gy, h_before, q_after_tile, A2, ln2, Dv, rows, cm,
+                HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr, CH_MINOR: tl.constexpr, FAST_EXP2: tl.constexpr,
+                TILE_BITS: tl.constexpr):
+    """Adjoint of one tile. h_before: state before the tile (state layout); q_after_tile: decay(t) * dh_t of the
+    step after the tile. Returns du, d delta (tile, block_d), dB, dC (tile, N_BLOCK) summed over the block's
+    channels, dA (state layout) summed over the tile, and the carry for the tile before (decay * dh of row 0)."""
+    first = (rows == 0)[:, None, None]
+    last = (rows == rows.shape[0] - 1)[:, None, None]
+    a = _exp2(_by_channel(dt, CH_MINOR) * A2[None, :, :], FAST_EXP2)
+    dtu = dt * u
+    b = _by_channel(dtu, CH_MINOR) * _by_state(Bv, CH_MINOR)
+    b = tl.where(first, b + a * h_before[None, :, :], b)  # the state before the tile enters through row 0
+    ones = tl.full(a.shape, 1.0, a.dtype)
+    zeros = tl.zeros(a.shape, a.dtype)
+    # states after (inclusive) and before (exclusive) each row
+    _, h, _, h_prev = tl.associative_scan((a, b, ones, zeros), 0, _affine_excl_combine)
+    h_prev = tl.where(first, h_before[None, :, :], h_prev)
+    # adjoint, q_t = a_t * (c_t + q_{t+1}) with c_t = C_t dy_t, run from the tile's end (a forward scan of the
+    # flipped tile); the carry enters through the last row; the exclusive part gives q_{t+1}
+    c = _by_channel(gy, CH_MINOR) * _by_state(Cv, CH_MINOR)
+    beta = a * tl.where(last, c + q_after_tile[None, :, :], c)
+    _, q, _, q_next = tl.associative_scan((_flip_rows(a, TILE_BITS), _flip_rows(beta, TILE_BITS), ones, zeros), 0,
+                                          _affine_excl_combine)
+    q = _flip_rows(q, TILE_BITS)
+    q_next = _flip_rows(q_next, TILE_BITS)
+    g = c + tl.where(last, q_after_tile[None, :, :], q_next)  # d loss / d h_t
+    via_decay = q * h_prev  # d loss / d(dt * A) per row: decay * dh_t * h_{t-1}
+    g_A = tl.sum(_by_channel(dt, CH_MINOR) * via_decay, axis=0)
+    sum_gB = _sum_over_state(g * _by_state(Bv, CH_MINOR), CH_MINOR)
+    g_u = dt * sum_gB
     if HAS_D:
-        g_u += Dv * gy
+        g_u += Dv[None, :] * gy
+    g_dt = u * sum_gB + ln2 * _sum_over_state(via_decay * A2[None, :, :], CH_MINOR)
     if SOFTPLUS:
         g_dt = g_dt * _softplus_grad(pre)
-    g_dt = tl.where(m, g_dt, 0.0)
-    tl.store(gu_ptr + pos * sgu_l + gu_cols, g_u + gu_old, mask=m)
-    tl.store(gd_ptr + pos * sgd_l + gd_cols, g_dt + gd_old, mask=m)
-    nm = n_mask & valid
-    tl.store(gB_ptr + pos * N + n[None, :], g_B + gB_old, mask=nm)
-    tl.store(gC_ptr + pos * N + n[None, :], g_C + gC_old, mask=nm)
-    return gy * u, g_dt
+    g_dt = tl.where(cm, g_dt, 0.0)
+    g_B = _sum_over_channels(g * _by_channel(dtu, CH_MINOR), CH_MINOR)
+    g_C = _sum_over_channels(h * _by_channel(gy, CH_MINOR), CH_MINOR)
+    return g_u, g_dt, g_B, g_C, g_A, _row(q, rows, 0)
 
 
 @triton.jit
@@ -233,8 +360,9 @@ def _scan_bwd_kernel(
     L, K, chans_per_group, num_chunks,
     su_b, su_c, su_l, sd_b, sd_c, sd_l, sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sgy_b, sgy_c, sgy_l,
     sgu_b, sgu_c, sgu_l, sgd_b, sgd_c, sgd_l,
-    N: tl.constexpr, N_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+    N: tl.constexpr, N_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_ORDERS: tl.constexpr,
+    CH_MINOR: tl.constexpr, FAST_EXP2: tl.constexpr, TILE_BITS: tl.constexpr,
 ):
     pid_c = tl.program_id(0)
     pid_g = tl.program_id(1)
@@ -246,12 +374,11 @@ def _scan_bwd_kernel(
     c_mask = c_local < chans_per_group
     ch = pid_g * chans_per_group + c_local
     n = tl.arange(0, N_BLOCK)
-    if N == N_BLOCK:  # no mask along the state: keeps its loads vectorised
+    if N == N_BLOCK:
         n_mask = tl.full((1, N_BLOCK), 1, tl.int1)
     else:
         n_mask = (n < N)[None, :]
-    cn_mask = c_mask[:, None] & n_mask
-    cn_offs = ch[:, None] * N + n[None, :]
+    cn_offs, cn_mask = _state_grid(ch, n, c_mask, N, N_BLOCK, CH_MINOR)
     A2 = tl.load(A2_ptr + cn_offs, mask=cn_mask, other=0.0)
     cdt = A2.dtype
     ln2 = tl.load(ln2_ptr)
@@ -273,135 +400,159 @@ def _scan_bwd_kernel(
     gC_base = gC_ptr + part * L * N
     u_cols = ch * su_c
     d_cols = ch * sd_c
-    row = tl.zeros((BLOCK_D, 1), dtype=tl.int32)  # B and C rows are read as (block_d, N) broadcasts
-    B_cols = row + n[None, :] * sB_n
-    C_cols = row + n[None, :] * sC_n
     gy_cols = ch * sgy_c
     gu_cols = ch * sgu_c
     gd_cols = ch * sgd_c
-    scratch = scratch_ptr + ((pid_b * n_groups + pid_g) * n_blocks + pid_c) * (CHUNK // 4) * BLOCK_D * N_BLOCK
-    sc_offs = tl.arange(0, BLOCK_D)[:, None] * N_BLOCK + n[None, :]
-    g_A = tl.zeros((BLOCK_D, N_BLOCK), dtype=cdt)
+    B_cols = n * sB_n
+    C_cols = n * sC_n
+    scratch = scratch_ptr + ((pid_b * n_groups + pid_g) * n_blocks + pid_c) * (CHUNK // TILE) * BLOCK_D * N_BLOCK
+    sc_offs = _state_grid(tl.arange(0, BLOCK_D), n, c_mask, N_BLOCK, N_BLOCK, CH_MINOR)[0]
+    rows = tl.arange(0, TILE)
+    g_A = tl.zeros(A2.shape, dtype=cdt)
     g_D = tl.zeros((BLOCK_D,), dtype=cdt)
     g_bias = tl.zeros((BLOCK_D,), dtype=cdt)
     for k in range(K):
         order = orders_ptr + k * L
-        ghd = tl.zeros((BLOCK_D, N_BLOCK), dtype=cdt)
+        q_carry = tl.zeros(A2.shape, dtype=cdt)  # decay * d loss / d h of the step after the tile
         for jj in range(num_chunks):
             j = num_chunks - 1 - jj
             start = j * CHUNK
-            n_tiles = (tl.minimum(start + CHUNK, L) - start + 3) // 4
-            s_ptrs = states_ptr + ((pid_b * K + k) * num_chunks + j) * d_total * N + cn_offs
-            h = tl.load(s_ptrs, mask=cn_mask, other=0.0)
-            for i in range(n_tiles):  # recompute the chunk, keeping the state before every 4 steps
+            n_tiles = tl.cdiv(tl.minimum(start + CHUNK, L) - start, TILE)
+            h = tl.load(states_ptr + ((pid_b * K + k) * num_chunks + j) * d_total * N + cn_offs, mask=cn_mask,
+                        other=0.0)
+            # pass 1: the chunk forwards, keeping each tile's entry state (the last tile's needs no scan)
+            pos = _positions(start, L, order, rows, HAS_ORDERS)
+            cm, nm = _row_masks(start, L, rows, c_mask, n_mask)
+            u_raw = _gather_rows(u_base, pos, su_l, u_cols, cm)
+            pre_raw = _gather_rows(d_base, pos, sd_l, d_cols, cm)
+            B_raw = _gather_rows(B_base, pos, sB_l, B_cols, nm)
+            pos_next = _positions(start + TILE, L, order, rows, HAS_ORDERS)
+            for i in range(n_tiles - 1):
+                t0 = start + i * TILE
+                cm_next, nm_next = _row_masks(t0 + TILE, L, rows, c_mask, n_mask)
+                u_next = _gather_rows(u_base, pos_next, su_l, u_cols, cm_next)
+                pre_next = _gather_rows(d_base, pos_next, sd_l, d_cols, cm_next)
+                B_next = _gather_rows(B_base, pos_next, sB_l, B_cols, nm_next)
+                pos_after = _positions(t0 + 2 * TILE, L, order, rows, HAS_ORDERS)
                 tl.store(scratch + i * BLOCK_D * N_BLOCK + sc_offs, h)
-                t = start + 4 * i
-                _, u0, _, dt0, B0, _ = _load_step(t, L, order, u_base, d_base, B_base, C_base, su_l, sd_l, sB_l, sC_l,
-                                                  u_cols, d_cols, B_cols, C_cols, c_mask, n_mask, bias, HAS_ORDERS,
-                                                  HAS_BIAS, SOFTPLUS, False)
-                _, u1, _, dt1, B1, _ = _load_step(t + 1, L, order, u_base, d_base, B_base, C_base, su_l, sd_l, sB_l,
-                                                  sC_l, u_cols, d_cols, B_cols, C_cols, c_mask, n_mask, bias,
-                                                  HAS_ORDERS, HAS_BIAS, SOFTPLUS, False)
-                _, u2, _, dt2, B2, _ = _load_step(t + 2, L, order, u_base, d_base, B_base, C_base, su_l, sd_l, sB_l,
-                                                  sC_l, u_cols, d_cols, B_cols, C_cols, c_mask, n_mask, bias,
-                                                  HAS_ORDERS, HAS_BIAS, SOFTPLUS, False)
-                _, u3, _, dt3, B3, _ = _load_step(t + 3, L, order, u_base, d_base, B_base, C_base, su_l, sd_l, sB_l,
-                                                  sC_l, u_cols, d_cols, B_cols, C_cols, c_mask, n_mask, bias,
-                                                  HAS_ORDERS, HAS_BIAS, SOFTPLUS, False)
-                h, _ = _advance(h, A2, dt0, u0, B0)
-                h, _ = _advance(h, A2, dt1, u1, B1)
-                h, _ = _advance(h, A2, dt2, u2, B2)
-                h, _ = _advance(h, A2, dt3, u3, B3)
-            tl.debug_barrier()
+                u, _, dt = _step_inputs(u_raw, pre_raw, cm, bias, HAS_BIAS, SOFTPLUS)
+                h = _row(_tile_states(dt, u, B_raw.to(cdt), A2, h, rows, CH_MINOR, FAST_EXP2), rows, TILE - 1)
+                cm, u_raw, pre_raw, B_raw = cm_next, u_next, pre_next, B_next
+                pos_next = pos_after
+            tl.store(scratch + (n_tiles - 1) * BLOCK_D * N_BLOCK + sc_offs, h)
+            tl.debug_barrier()  # pass 2 reads entry states other threads wrote
+            # pass 2: the chunk's tiles backwards, each tile's loads issued one tile ahead
+            t_last = start + (n_tiles - 1) * TILE
+            pos = _positions(t_last, L, order, rows, HAS_ORDERS)
+            cm, nm = _row_masks(t_last, L, rows, c_mask, n_mask)
+            u_raw = _gather_rows(u_base, pos, su_l, u_cols, cm)
+            pre_raw = _gather_rows(d_base, pos, sd_l, d_cols, cm)
+            B_raw = _gather_rows(B_base, pos, sB_l, B_cols, nm)
+            C_raw = _gather_rows(C_base, pos, sC_l, C_cols, nm)
+            gy_raw = _gather_rows(gy_base, pos, sgy_l, gy_cols, cm)
+            gu_old = _gather_rows(gu_base, pos, sgu_l, gu_cols, cm & (k > 0))
+            gd_old = _gather_rows(gd_base, pos, sgd_l, gd_cols, cm & (k > 0))
+            gB_old = _gather_rows(gB_base, pos, N, n, nm & (k > 0))
+            gC_old = _gather_rows(gC_base, pos, N, n, nm & (k > 0))
+            pos_next = _positions(t_last - TILE, L, order, rows, HAS_ORDERS)
             for ii in range(n_tiles):
                 i = n_tiles - 1 - ii
-                t = start + 4 * i
+                t0 = start + i * TILE
+                # the previous tile's loads; none at i = 0 (the chunk before is loaded by its own prologue, after the
+                # barrier that makes this chunk's gradients visible); positions two tiles back may lie in the chunk
+                # before: read-only, harmless
+                cm_next, nm_next = _row_masks(t0 - TILE, L, rows, c_mask, n_mask)
+                if_more = i > 0
+                cm_next = cm_next & if_more
+                nm_next = nm_next & if_more
+                u_next = _gather_rows(u_base, pos_next, su_l, u_cols, cm_next)
+                pre_next = _gather_rows(d_base, pos_next, sd_l, d_cols, cm_next)
+                B_next = _gather_rows(B_base, pos_next, sB_l, B_cols, nm_next)
+                C_next = _gather_rows(C_base, pos_next, sC_l, C_cols, nm_next)
+                gy_next = _gather_rows(gy_base, pos_next, sgy_l, gy_cols, cm_next)
+                gu_old_next = _gather_rows(gu_base, pos_next, sgu_l, gu_cols, cm_next & (k > 0))
+                gd_old_next = _gather_rows(gd_base, pos_next, sgd_l, gd_cols, cm_next & (k > 0))
+                gB_old_next = _gather_rows(gB_base, pos_next, N, n, nm_next & (k > 0))
+                gC_old_next = _gather_rows(gC_base, pos_next, N, n, nm_next & (k > 0))
+                pos_after = _positions(t0 - 2 * TILE, L, order, rows, HAS_ORDERS)
                 h_in = tl.load(scratch + i * BLOCK_D * N_BLOCK + sc_offs)
-                p0, u0, pre0, dt0, B0, C0 = _load_step(t, L, order, u_base, d_base, B_base, C_base, su_l, sd_l, sB_l,
-                                                       sC_l, u_cols, d_cols, B_cols, C_cols, c_mask, n_mask, bias,
-                                                       HAS_ORDERS, HAS_BIAS, SOFTPLUS, True)
-                p1, u1, pre1, dt1, B1, C1 = _load_step(t + 1, L, order, u_base, d_base, B_base, C_base, su_l, sd_l,
-                                                       sB_l, sC_l, u_cols, d_cols, B_cols, C_cols, c_mask, n_mask,
-                                                       bias, HAS_ORDERS, HAS_BIAS, SOFTPLUS, True)
-                p2, u2, pre2, dt2, B2, C2 = _load_step(t + 2, L, order, u_base, d_base, B_base, C_base, su_l, sd_l,
-                                                       sB_l, sC_l, u_cols, d_cols, B_cols, C_cols, c_mask, n_mask,
-                                                       bias, HAS_ORDERS, HAS_BIAS, SOFTPLUS, True)
-                p3, u3, pre3, dt3, B3, C3 = _load_step(t + 3, L, order, u_base, d_base, B_base, C_base, su_l, sd_l,
-                                                       sB_l, sC_l, u_cols, d_cols, B_cols, C_cols, c_mask, n_mask,
-                                                       bias, HAS_ORDERS, HAS_BIAS, SOFTPLUS, True)
-                gy0 = tl.load(gy_base + p0 * sgy_l + gy_cols, mask=c_mask & (t < L), other=0.0).to(cdt)
-                gy1 = tl.load(gy_base + p1 * sgy_l + gy_cols, mask=c_mask & (t + 1 < L), other=0.0).to(cdt)
-                gy2 = tl.load(gy_base + p2 * sgy_l + gy_cols, mask=c_mask & (t + 2 < L), other=0.0).to(cdt)
-                gy3 = tl.load(gy_base + p3 * sgy_l + gy_cols, mask=c_mask & (t + 3 < L), other=0.0).to(cdt)
-                gu_old0, gd_old0, gB_old0, gC_old0 = _earlier_grads(
-                    t, L, k, p0, gu_base, sgu_l, gu_cols, gd_base, sgd_l, gd_cols, gB_base, gC_base, n,
-                    c_mask, n_mask, N)
-                gu_old1, gd_old1, gB_old1, gC_old1 = _earlier_grads(
-                    t + 1, L, k, p1, gu_base, sgu_l, gu_cols, gd_base, sgd_l, gd_cols, gB_base, gC_base, n,
-                    c_mask, n_mask, N)
-                gu_old2, gd_old2, gB_old2, gC_old2 = _earlier_grads(
-                    t + 2, L, k, p2, gu_base, sgu_l, gu_cols, gd_base, sgd_l, gd_cols, gB_base, gC_base, n,
-                    c_mask, n_mask, N)
-                gu_old3, gd_old3, gB_old3, gC_old3 = _earlier_grads(
-                    t + 3, L, k, p3, gu_base, sgu_l, gu_cols, gd_base, sgd_l, gd_cols, gB_base, gC_base, n,
-                    c_mask, n_mask, N)
-                h0, a0 = _advance(h_in, A2, dt0, u0, B0)
-                h1, a1 = _advance(h0, A2, dt1, u1, B1)
-                h2, a2 = _advance(h1, A2, dt2, u2, B2)
-                h3, a3 = _advance(h2, A2, dt3, u3, B3)
-                ghd, dA, gu3, gdt3, gB3, gC3 = _grad_step(ghd, h2, h3, a3, A2, ln2, u3, dt3, B3, C3, gy3)
+                u, pre, dt = _step_inputs(u_raw, pre_raw, cm, bias, HAS_BIAS, SOFTPLUS)
+                gy = gy_raw.to(cdt)
+                g_u, g_dt, g_B, g_C, dA, q_carry = _tile_grads(u, pre, dt, B_raw.to(cdt), C_raw.to(cdt), gy, h_in,
+                                                               q_carry, A2, ln2, Dv, rows, cm, HAS_D, SOFTPLUS,
+                                                               CH_MINOR, FAST_EXP2, TILE_BITS)
                 g_A += dA
-                ghd, dA, gu2, gdt2, gB2, gC2 = _grad_step(ghd, h1, h2, a2, A2, ln2, u2, dt2, B2, C2, gy2)
-                g_A += dA
-                ghd, dA, gu1, gdt1, gB1, gC1 = _grad_step(ghd, h0, h1, a1, A2, ln2, u1, dt1, B1, C1, gy1)
-                g_A += dA
-                ghd, dA, gu0, gdt0, gB0, gC0 = _grad_step(ghd, h_in, h0, a0, A2, ln2, u0, dt0, B0, C0, gy0)
-                g_A += dA
-                gyu, gd = _backward_outputs(
-                    t + 3, L, p3, pre3, u3, gy3, gu3, gdt3, gB3, gC3, gu_old3, gd_old3, gB_old3,
-                    gC_old3, Dv, gu_base, sgu_l, gu_cols, gd_base, sgd_l, gd_cols, gB_base, gC_base, n, c_mask,
-                    n_mask, N, HAS_D, SOFTPLUS)
-                g_D += gyu
-                g_bias += gd
-                gyu, gd = _backward_outputs(
-                    t + 2, L, p2, pre2, u2, gy2, gu2, gdt2, gB2, gC2, gu_old2, gd_old2, gB_old2,
-                    gC_old2, Dv, gu_base, sgu_l, gu_cols, gd_base, sgd_l, gd_cols, gB_base, gC_base, n, c_mask,
-                    n_mask, N, HAS_D, SOFTPLUS)
-                g_D += gyu
-                g_bias += gd
-                gyu, gd = _backward_outputs(
-                    t + 1, L, p1, pre1, u1, gy1, gu1, gdt1, gB1, gC1, gu_old1, gd_old1, gB_old1,
-                    gC_old1, Dv, gu_base, sgu_l, gu_cols, gd_base, sgd_l, gd_cols, gB_base, gC_base, n, c_mask,
-                    n_mask, N, HAS_D, SOFTPLUS)
-                g_D += gyu
-                g_bias += gd
-                gyu, gd = _backward_outputs(
-                    t, L, p0, pre0, u0, gy0, gu0, gdt0, gB0, gC0, gu_old0, gd_old0, gB_old0,
-                    gC_old0, Dv, gu_base, sgu_l, gu_cols, gd_base, sgd_l, gd_cols, gB_base, gC_base, n, c_mask,
-                    n_mask, N, HAS_D, SOFTPLUS)
-                g_D += gyu
-                g_bias += gd
+                g_D += tl.sum(gy * u, axis=0)
+                g_bias += tl.sum(g_dt, axis=0)
+                tl.store(gu_base + pos[:, None] * sgu_l + gu_cols[None, :], g_u + gu_old, mask=cm)
+                tl.store(gd_base + pos[:, None] * sgd_l + gd_cols[None, :], g_dt + gd_old, mask=cm)
+                tl.store(gB_base + pos[:, None] * N + n[None, :], g_B + gB_old, mask=nm)
+                tl.store(gC_base + pos[:, None] * N + n[None, :], g_C + gC_old, mask=nm)
+                pos, cm, nm = pos_next, cm_next, nm_next
+                u_raw, pre_raw, B_raw, C_raw, gy_raw = u_next, pre_next, B_next, C_next, gy_next
+                gu_old, gd_old, gB_old, gC_old = gu_old_next, gd_old_next, gB_old_next, gC_old_next
+                pos_next = pos_after
             tl.debug_barrier()  # the scratch is refilled next; the next order re-reads accumulated gradients
     tl.store(gA_ptr + pid_b * d_total * N + cn_offs, g_A, mask=cn_mask)
     tl.store(gD_ptr + pid_b * d_total + ch, g_D, mask=c_mask)
     tl.store(gbias_ptr + pid_b * d_total + ch, g_bias, mask=c_mask)
 
 
+# ---- launch ----------------------------------------------------------------------------------------------------
+
 def kernel_config(state: int, chans_per_group: int) -> dict[str, int]:
-    """Launch parameters by state size: channels and warps per program of the forward (``block_d``,
-    ``num_warps``) and backward (``bwd_block_d``, ``bwd_num_warps``) kernels, and ``chunk``, the steps between
-    saved states (a multiple of 4). Chosen from the sweep in benchmarks/scan.py (docs/kernel-notes.md)."""
-    if state <= 16:  # H100, NYUD stage: (16, 2) beat (64, 4) 7.4 vs 8.0 ms forward
-        cfg = {"block_d": 16, "num_warps": 2, "bwd_block_d": 16, "bwd_num_warps": 2}
-    elif state <= 32:  # not measured: between the two
-        cfg = {"block_d": 16, "num_warps": 2, "bwd_block_d": 16, "bwd_num_warps": 4}
-    else:  # H100, PASCAL stage (N=64): (8, 2) beat (32, 8) 26.7 vs 69.5 ms forward
-        cfg = {"block_d": 8, "num_warps": 2, "bwd_block_d": 16, "bwd_num_warps": 4}
-    cap = max(4, triton.next_power_of_2(chans_per_group))
+    """Launch parameters by state size. Forward (``tile`` steps per tile, ``block_d`` channels and ``num_warps``
+    warps per program, ``ch_minor``: tile tensors laid out (tile, N, block_d) instead of (tile, block_d, N)), the
+    same for the backward (``bwd_*``), ``chunk`` (steps between the states the forward saves; a multiple of both
+    tiles) and ``fast_exp2`` (ex2.approx.ftz for float32 on NVIDIA GPUs). Tiles, blocks and warps are powers of two.
+
+    Chosen from offline sm_90 compiles (Triton 3.8, registers and SASS instruction counts
+    per state update, docs/kernel-notes.md "v3"): one warp per program with the channels on the lanes keeps the
+    tile's time axis and most of the state axis inside each thread, so the scan is a register recurrence and only
+    the sums over channels (dB, dC) cross lanes. benchmarks/scan.py --suite --quick times these against v2 and a
+    few alternatives (``SWEEP``); measured on an H100 in BENCHMARKS.md (v3 section), 2.9x / 1.8x faster than
+    the authors' scan pattern at the NYUD / PASCAL stage shapes."""
+    if state <= 16:
+        cfg = dict(tile=8, block_d=16, num_warps=1, ch_minor=1, bwd_tile=8, bwd_block_d=8, bwd_num_warps=1,
+                   bwd_ch_minor=1)
+    elif state <= 32:
+        cfg = dict(tile=8, block_d=8, num_warps=1, ch_minor=1, bwd_tile=4, bwd_block_d=8, bwd_num_warps=1,
+                   bwd_ch_minor=1)
+    else:
+        cfg = dict(tile=4, block_d=8, num_warps=1, ch_minor=1, bwd_tile=2, bwd_block_d=8, bwd_num_warps=1,
+                   bwd_ch_minor=1)
+    cap = max(2, triton.next_power_of_2(chans_per_group))
     cfg["block_d"] = min(cfg["block_d"], cap)
     cfg["bwd_block_d"] = min(cfg["bwd_block_d"], cap)
-    cfg["chunk"] = 64
+    cfg.update(chunk=64, fast_exp2=1)
     return cfg
+
+
+# Alternatives to the defaults that benchmarks/scan.py --suite --quick times on the GPU (overrides of kernel_config),
+# keyed by the largest state size they are meant for. Static estimates from the offline compiles, in warp
+# instructions per state update (forward / backward) and registers / spilled bytes: docs/kernel-notes.md "v3".
+SWEEP = {
+    16: [dict(tile=4, block_d=16, bwd_tile=4, bwd_block_d=16),  # forward at 128 registers: more warps per SM
+         dict(tile=16, block_d=16, num_warps=4, ch_minor=0, bwd_tile=16, bwd_block_d=8, bwd_num_warps=4,
+              bwd_ch_minor=0),  # the (tile, block_d, N) layout with 4 warps: the state on 16 lanes
+         dict(chunk=8, bwd_tile=8)],  # the forward saves every tile's entry state: no recompute pass (+1.2 GB)
+    64: [dict(tile=8, block_d=4, bwd_tile=4, bwd_block_d=4),
+         dict(bwd_tile=4, bwd_block_d=8)],  # fewer instructions per update, 584 bytes of register spills
+}
+
+
+def _check_config(cfg: dict[str, int]) -> None:
+    for key in ("tile", "block_d", "bwd_tile", "bwd_block_d", "num_warps", "bwd_num_warps"):
+        value = cfg[key]
+        if value < 1 or value & (value - 1) or (key.endswith("tile") and value < 2):
+            raise ValueError(f"triton scan config {key} must be a power of two (tiles at least 2), got {value}")
+    if cfg["chunk"] < 1 or cfg["chunk"] % cfg["tile"] or cfg["chunk"] % cfg["bwd_tile"]:
+        raise ValueError(f"triton scan config chunk must be a multiple of tile and bwd_tile, got {cfg}")
+
+
+def _fast_exp2(u: Tensor, cdt: torch.dtype, cfg: dict[str, int]) -> bool:
+    """Whether the kernels use ex2.approx.ftz (inline PTX): float32 compute on an NVIDIA GPU, config fast_exp2."""
+    return bool(cfg["fast_exp2"]) and cdt == torch.float32 and u.is_cuda and torch.version.hip is None
 
 
 _checked_orders: dict[int, tuple[weakref.ref, int]] = {}  # id -> (the tensor, its version when checked)
@@ -424,11 +575,9 @@ def _launch_args(u, delta, A, B, C, D, delta_bias, orders, block_d, chunk):
     """Shared launch preparation: compute-dtype parameters, group layout, grid and strides."""
     b, d, L = u.shape
     N = A.shape[1]
-    cdt = torch.float64 if u.dtype == torch.float64 else torch.float32
-    Bg, Cg = _grouped(B), _grouped(C)
+    cdt = compute_dtype(u)
+    Bg, Cg = grouped(B), grouped(C)
     G = max(Bg.shape[1], Cg.shape[1])
-    if Bg.shape[1] not in (1, G) or Cg.shape[1] not in (1, G):
-        raise ValueError(f"B and C group counts must match or one of them be 1, got {Bg.shape[1]} and {Cg.shape[1]}")
     cpg = d // G
     A2 = (A.to(cdt) * math.log2(math.e)).contiguous()
     Dc = D.to(cdt).contiguous() if D is not None else A2
@@ -452,6 +601,11 @@ def _flags(D, delta_bias, delta_softplus, orders):
                 HAS_ORDERS=orders is not None)
 
 
+def _partials_to(partials: Tensor, like: Tensor) -> Tensor:
+    """Per-channel-block partial gradients (blocks, b, G, L, N) -> the shape of B or C."""
+    return ungroup_grad(partials.sum(0).transpose(2, 3), like)
+
+
 class _TritonScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, orders, cfg):
@@ -465,8 +619,10 @@ class _TritonScan(torch.autograd.Function):
         _scan_fwd_kernel[args["grid"]](
             u, delta, args["A2"], args["Bg"], args["Cg"], args["D"], args["bias"], args["orders"], y, states,
             L, args["K"], args["cpg"], args["num_chunks"], *args["strides"], *y.stride(),
-            N=N, N_BLOCK=args["N_BLOCK"], BLOCK_D=cfg["block_d"], CHUNK=cfg["chunk"],
-            **_flags(D, delta_bias, delta_softplus, orders), SAVE_STATES=save, num_warps=cfg["num_warps"],
+            N=N, N_BLOCK=args["N_BLOCK"], BLOCK_D=cfg["block_d"], TILE=cfg["tile"], CHUNK=cfg["chunk"],
+            **_flags(D, delta_bias, delta_softplus, orders), SAVE_STATES=save, CH_MINOR=bool(cfg["ch_minor"]),
+            FAST_EXP2=_fast_exp2(u, args["cdt"], cfg),
+            num_warps=cfg["num_warps"], num_stages=1,
         )
         if save:
             ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, orders, states)
@@ -489,15 +645,17 @@ class _TritonScan(torch.autograd.Function):
         g_A = u.new_empty(b, d, N, dtype=cdt)
         g_D = u.new_empty(b, d, dtype=cdt)
         g_bias = torch.empty_like(g_D)
-        scratch = u.new_empty(grid[0] * grid[1] * grid[2], cfg["chunk"] // _ROWS, cfg["bwd_block_d"],
+        scratch = u.new_empty(grid[0] * grid[1] * grid[2], cfg["chunk"] // cfg["bwd_tile"], cfg["bwd_block_d"],
                               args["N_BLOCK"], dtype=cdt)
         ln2 = torch.full((1,), math.log(2.0), dtype=cdt, device=u.device)
         _scan_bwd_kernel[grid](
             u, delta, args["A2"], args["Bg"], args["Cg"], args["D"], args["bias"], args["orders"], grad_y, states,
             scratch, ln2, g_u, g_delta, g_B, g_C, g_A, g_D, g_bias,
             L, args["K"], args["cpg"], args["num_chunks"], *args["strides"], *grad_y.stride(), *g_u.stride(),
-            *g_delta.stride(), N=N, N_BLOCK=args["N_BLOCK"], BLOCK_D=cfg["bwd_block_d"], CHUNK=cfg["chunk"],
-            **_flags(D, delta_bias, delta_softplus, orders), num_warps=cfg["bwd_num_warps"],
+            *g_delta.stride(), N=N, N_BLOCK=args["N_BLOCK"], BLOCK_D=cfg["bwd_block_d"], TILE=cfg["bwd_tile"],
+            CHUNK=cfg["chunk"], **_flags(D, delta_bias, delta_softplus, orders), CH_MINOR=bool(cfg["bwd_ch_minor"]),
+            FAST_EXP2=_fast_exp2(u, cdt, cfg), TILE_BITS=cfg["bwd_tile"].bit_length() - 1,
+            num_warps=cfg["bwd_num_warps"], num_stages=1,
         )
         return (g_u.to(u.dtype), g_delta.to(delta.dtype), g_A.sum(0).to(A.dtype),
                 _partials_to(g_B, B), _partials_to(g_C, C),
@@ -505,15 +663,15 @@ class _TritonScan(torch.autograd.Function):
                 None if delta_bias is None else g_bias.sum(0).to(delta_bias.dtype), None, None, None)
 
 
-def _partials_to(partials: Tensor, like: Tensor) -> Tensor:
-    """Per-channel-block partial gradients (blocks, b, G, L, N) -> the shape of B or C."""
-    g = partials.sum(0).transpose(2, 3)  # (b, G, N, L)
-    groups = 1 if like.dim() == 3 else like.shape[1]
-    if groups != g.shape[1]:
-        g = g.sum(1, keepdim=True)
-    if like.dim() == 3:
-        g = g[:, 0]
-    return g.to(like.dtype)
+def resolve_config(state: int, chans_per_group: int, config: dict[str, int] | None = None) -> dict[str, int]:
+    """``kernel_config`` updated with ``config``, validated."""
+    cfg = kernel_config(state, chans_per_group)
+    unknown = set(config or {}) - set(cfg)
+    if unknown:
+        raise ValueError(f"unknown triton scan config keys {sorted(unknown)}; expected some of {sorted(cfg)}")
+    cfg.update(config or {})
+    _check_config(cfg)
+    return cfg
 
 
 def selective_scan_triton(
@@ -527,29 +685,18 @@ def selective_scan_triton(
     delta_softplus: bool = False,
     orders: Tensor | None = None,
     config: dict[str, int] | None = None,
-    kernel: str | None = None,
 ) -> Tensor:
-    """Selective scan through the Triton kernels; same signature and semantics as ``selective_scan_reference``
-    (every row of ``orders`` must be a permutation), plus ``config``: launch parameters overriding those of the
-    variant's ``kernel_config``, and ``kernel``: ``"v2"`` (this module) or ``"v3"`` (tiled,
-    ``selective_scan_triton_tiled``); None: $PAMM_SCAN_KERNEL, else ``DEFAULT_TRITON_KERNEL`` (v3).
+    """Selective scan through the Triton kernels; same signature and semantics as
+    ``selective_scan_reference`` (every row of ``orders`` must be a permutation), plus ``config``: launch parameters
+    overriding those of ``kernel_config`` (keys ``CONFIG_KEYS``).
 
     Shapes: u, delta (b, d, L) any strides; A (d, N); B, C (b, N, L) or (b, g, N, L); D, delta_bias (d,);
     orders (K, L). Returns (b, d, L) in u's dtype, computed in float32 (float64 for float64 inputs).
     On CPU tensors it runs only under Triton's interpreter (TRITON_INTERPRET=1).
     """
-    if triton_kernel(kernel) == "v3":
-        from .selective_scan_triton_tiled import selective_scan_triton_tiled
-
-        return selective_scan_triton_tiled(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, config)
-    _check_inputs(u, delta, A, B, C, D, delta_bias, orders)
+    check_inputs(u, delta, A, B, C, D, delta_bias, orders)
     if orders is not None:
         _check_permutations(orders)
-    cfg = kernel_config(A.shape[1], u.shape[1] // max(_grouped(B).shape[1], _grouped(C).shape[1]))
-    unknown = set(config or {}) - set(cfg)
-    if unknown:
-        raise ValueError(f"unknown triton scan config keys {sorted(unknown)}; expected some of {sorted(cfg)}")
-    cfg.update(config or {})
-    if cfg["chunk"] % _ROWS:
-        raise ValueError(f"chunk must be a multiple of {_ROWS}, got {cfg['chunk']}")
+    groups = max(group_count(B), group_count(C))
+    cfg = resolve_config(A.shape[1], u.shape[1] // groups, config)
     return _TritonScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, cfg)

@@ -89,19 +89,24 @@ else:
         assert_matches_oracle(selective_scan_triton, views, 1e-5, orders=random_orders(4, L, seed=12),
                                  knobs=dict(config=config(4, 4, 1, 4, 4, 1, 8)))
 
-    def test_triton_bfloat16_returns_input_dtype():
-        inputs = make_inputs(b=1, d=4, N=4, L=9, dtype=torch.bfloat16, seed=13)
+    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+    def test_triton_low_precision_computes_in_float32(dtype):
+        """bf16 / fp16 activations (autocast) are computed exactly as float32 inputs of the same values (the values
+        and every gradient are the float32 results rounded to the input dtype once), channels-last views too."""
+        inputs = channels_last_views(make_inputs(b=1, d=4, N=4, L=9, groups=2, dtype=dtype, seed=13))
         orders = random_orders(2, 9, seed=14)
-        y = selective_scan_triton(**inputs, delta_softplus=True, orders=orders,
-                                        config=config(4, 4, 1, 2, 4, 1, 4))
-        assert y.dtype == torch.bfloat16
-        wide = {k: (v.detach().double() if v is not None else None) for k, v in inputs.items()}
-        y_ref = sequential_scan(**wide, delta_softplus=True, orders=orders)
-        assert rel_err(y, y_ref) < 1e-2
-        y.float().sum().backward()
+        kw = dict(delta_softplus=True, orders=orders, config=config(4, 4, 1, 2, 4, 1, 4))
+        wide = {k: (v.detach().float().requires_grad_() if v is not None else None) for k, v in inputs.items()}
+        y, y_wide = selective_scan_triton(**inputs, **kw), selective_scan_triton(**wide, **kw)
+        assert y.dtype == dtype and torch.equal(y, y_wide.to(dtype))
+        exact = {k: (v.detach().double() if v is not None else None) for k, v in inputs.items()}
+        assert rel_err(y, sequential_scan(**exact, delta_softplus=True, orders=orders)) < 1e-2
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(3))
+        y.backward(g.to(dtype))
+        y_wide.backward(g.to(dtype).float())
         for name in ("u", "delta", "A", "B", "C", "D", "delta_bias"):
-            grad = inputs[name].grad
-            assert grad.dtype == torch.bfloat16 and torch.isfinite(grad).all(), name
+            grad, grad_wide = inputs[name].grad, wide[name].grad
+            assert grad.dtype == inputs[name].dtype and torch.equal(grad, grad_wide.to(grad.dtype)), name
 
     def test_triton_backend_through_the_dispatcher():
         """backend="triton" runs this kernel with its default launch config."""

@@ -572,11 +572,18 @@ def _check_permutations(orders: Tensor) -> None:
 
 
 def _launch_args(u, delta, A, B, C, D, delta_bias, orders, block_d, chunk):
-    """Shared launch preparation: compute-dtype parameters, group layout, grid and strides."""
+    """Shared launch preparation: every input in the compute dtype, group layout, grid and strides.
+
+    bfloat16 / float16 activations (autocast) are upcast here, strides kept, rather than in the kernels: loaded
+    narrow, Triton converts them after spreading a tile over the lanes, i.e. once per lane that holds a copy, and
+    computes the per-(step, channel) work in layouts with more copies; compiled for sm_90 that is 1.4x the
+    instructions per state update of the same kernel on float32 inputs (NYUD stage, forward and backward; docs/
+    kernel-notes.md). The copies cost two elementwise passes over u and delta and are not kept for the backward."""
     b, d, L = u.shape
     N = A.shape[1]
     cdt = compute_dtype(u)
-    Bg, Cg = grouped(B), grouped(C)
+    u, delta = u.to(cdt), delta.to(cdt)
+    Bg, Cg = grouped(B).to(cdt), grouped(C).to(cdt)
     G = max(Bg.shape[1], Cg.shape[1])
     cpg = d // G
     A2 = (A.to(cdt) * math.log2(math.e)).contiguous()
@@ -591,7 +598,8 @@ def _launch_args(u, delta, A, B, C, D, delta_bias, orders, block_d, chunk):
     grid = (triton.cdiv(cpg, block_d), G, b)
     B_strides = (Bg.stride(0), Bg.stride(1) if Bg.shape[1] > 1 else 0, Bg.stride(2), Bg.stride(3))
     C_strides = (Cg.stride(0), Cg.stride(1) if Cg.shape[1] > 1 else 0, Cg.stride(2), Cg.stride(3))
-    return dict(cdt=cdt, G=G, cpg=cpg, K=K, A2=A2, D=Dc, bias=bias, orders=order_ids, Bg=Bg, Cg=Cg, grid=grid,
+    return dict(cdt=cdt, G=G, cpg=cpg, K=K, u=u, delta=delta, A2=A2, D=Dc, bias=bias, orders=order_ids, Bg=Bg, Cg=Cg,
+                grid=grid,
                 strides=(*u.stride(), *delta.stride(), *B_strides, *C_strides),
                 num_chunks=triton.cdiv(L, chunk), N_BLOCK=triton.next_power_of_2(N))
 
@@ -617,7 +625,8 @@ class _TritonScan(torch.autograd.Function):
         states = (torch.empty(b, args["K"], args["num_chunks"], d, N, dtype=args["cdt"], device=u.device) if save
                   else y)
         _scan_fwd_kernel[args["grid"]](
-            u, delta, args["A2"], args["Bg"], args["Cg"], args["D"], args["bias"], args["orders"], y, states,
+            args["u"], args["delta"], args["A2"], args["Bg"], args["Cg"], args["D"], args["bias"], args["orders"], y,
+            states,
             L, args["K"], args["cpg"], args["num_chunks"], *args["strides"], *y.stride(),
             N=N, N_BLOCK=args["N_BLOCK"], BLOCK_D=cfg["block_d"], TILE=cfg["tile"], CHUNK=cfg["chunk"],
             **_flags(D, delta_bias, delta_softplus, orders), SAVE_STATES=save, CH_MINOR=bool(cfg["ch_minor"]),
@@ -648,8 +657,10 @@ class _TritonScan(torch.autograd.Function):
         scratch = u.new_empty(grid[0] * grid[1] * grid[2], cfg["chunk"] // cfg["bwd_tile"], cfg["bwd_block_d"],
                               args["N_BLOCK"], dtype=cdt)
         ln2 = torch.full((1,), math.log(2.0), dtype=cdt, device=u.device)
+        grad_y = grad_y.to(cdt)
         _scan_bwd_kernel[grid](
-            u, delta, args["A2"], args["Bg"], args["Cg"], args["D"], args["bias"], args["orders"], grad_y, states,
+            args["u"], args["delta"], args["A2"], args["Bg"], args["Cg"], args["D"], args["bias"], args["orders"],
+            grad_y, states,
             scratch, ln2, g_u, g_delta, g_B, g_C, g_A, g_D, g_bias,
             L, args["K"], args["cpg"], args["num_chunks"], *args["strides"], *grad_y.stride(), *g_u.stride(),
             *g_delta.stride(), N=N, N_BLOCK=args["N_BLOCK"], BLOCK_D=cfg["bwd_block_d"], TILE=cfg["bwd_tile"],

@@ -506,12 +506,11 @@ def kernel_config(state: int, chans_per_group: int) -> dict[str, int]:
     same for the backward (``bwd_*``), ``chunk`` (steps between the states the forward saves; a multiple of both
     tiles) and ``fast_exp2`` (ex2.approx.ftz for float32 on NVIDIA GPUs). Tiles, blocks and warps are powers of two.
 
-    Chosen from offline sm_90 compiles (Triton 3.8, registers and SASS instruction counts
-    per state update, docs/kernel-notes.md "v3"): one warp per program with the channels on the lanes keeps the
-    tile's time axis and most of the state axis inside each thread, so the scan is a register recurrence and only
-    the sums over channels (dB, dC) cross lanes. benchmarks/scan.py --suite --quick times these against v2 and a
-    few alternatives (``SWEEP``); measured on an H100 in BENCHMARKS.md (v3 section), 2.9x / 1.8x faster than
-    the authors' scan pattern at the NYUD / PASCAL stage shapes."""
+    Chosen from offline sm_90 compiles (registers and SASS instructions per state update, benchmarks/scan_sass.py,
+    docs/kernel-notes.md): one warp per program with the channels on the lanes keeps the tile's time axis and most
+    of the state axis inside each thread, so the scan is a register recurrence and only the sums over channels (dB,
+    dC) cross lanes. Measured (BENCHMARKS.md): 2.9x / 1.8x faster than the authors' scan pattern with mamba-ssm at
+    the NYUD / PASCAL stage shapes on an H100; benchmarks/scan_suite.py --configs times alternatives."""
     if state <= 16:
         cfg = dict(tile=8, block_d=16, num_warps=1, ch_minor=1, bwd_tile=8, bwd_block_d=8, bwd_num_warps=1,
                    bwd_ch_minor=1)
@@ -526,19 +525,6 @@ def kernel_config(state: int, chans_per_group: int) -> dict[str, int]:
     cfg["bwd_block_d"] = min(cfg["bwd_block_d"], cap)
     cfg.update(chunk=64, fast_exp2=1)
     return cfg
-
-
-# Alternatives to the defaults that benchmarks/scan.py --suite --quick times on the GPU (overrides of kernel_config),
-# keyed by the largest state size they are meant for. Static estimates from the offline compiles, in warp
-# instructions per state update (forward / backward) and registers / spilled bytes: docs/kernel-notes.md "v3".
-SWEEP = {
-    16: [dict(tile=4, block_d=16, bwd_tile=4, bwd_block_d=16),  # forward at 128 registers: more warps per SM
-         dict(tile=16, block_d=16, num_warps=4, ch_minor=0, bwd_tile=16, bwd_block_d=8, bwd_num_warps=4,
-              bwd_ch_minor=0),  # the (tile, block_d, N) layout with 4 warps: the state on 16 lanes
-         dict(chunk=8, bwd_tile=8)],  # the forward saves every tile's entry state: no recompute pass (+1.2 GB)
-    64: [dict(tile=8, block_d=4, bwd_tile=4, bwd_block_d=4),
-         dict(bwd_tile=4, bwd_block_d=8)],  # fewer instructions per update, 584 bytes of register spills
-}
 
 
 def _check_config(cfg: dict[str, int]) -> None:

@@ -180,13 +180,17 @@ ACTIVATION_CHECKPOINT_PLACES = ("backbone", "stages")
 """Where activation checkpointing can be switched on (:attr:`RuntimeConfig.activation_checkpointing`)."""
 
 
-def _scan_backends() -> tuple[str, ...]:
-    """Names ``RuntimeConfig.scan_backend`` accepts: ``auto`` and the backends of :mod:`pamm.ops`."""
-    from . import ops
+def _check_scan_backend(name: str, key: str) -> None:
+    """``name`` must be one of :data:`pamm.ops.SCAN_BACKENDS` (``auto`` among them) or a removed backend's name that
+    :func:`pamm.ops.resolve_scan_backend` still maps (``chunked``: the reference, with a FutureWarning)."""
+    from .ops import SCAN_BACKENDS, resolve_scan_backend
 
-    # TODO(ops renovation): pamm.ops.SCAN_BACKENDS becomes the one list; the fallback goes when it lands
-    backends = getattr(ops, "SCAN_BACKENDS", ("triton", "cpu", "chunked", "reference"))
-    return ("auto", *(b for b in backends if b != "auto"))
+    try:
+        resolve_scan_backend(name)
+        return
+    except ValueError:
+        pass
+    _check(False, key, f"must be one of {list(SCAN_BACKENDS)}, got {name!r}")
 
 
 @dataclass
@@ -196,8 +200,8 @@ class RuntimeConfig:
     (:func:`config_from_checkpoint`); change them on a built model with :meth:`pamm.models.PAMM.set_runtime`.
 
     Attributes:
-        scan_backend: selective-scan backend, ``auto`` (the best one for the device) or one of
-            :data:`pamm.ops` backends (``triton``, ``cpu`` (Numba), ``chunked``, ``reference``).
+        scan_backend: selective-scan backend, one of :data:`pamm.ops.SCAN_BACKENDS`: ``auto`` (the best one for the
+            device), ``triton``, ``cpu`` (Numba), ``reference`` (plain PyTorch).
         activation_checkpointing: places whose activations are recomputed in the backward pass instead of kept
             (less memory for about one more forward pass), from :data:`ACTIVATION_CHECKPOINT_PLACES`: ``backbone``
             (the timm model's own per-block checkpointing), ``stages`` (each PAME stage as a whole). Empty: none.
@@ -209,9 +213,7 @@ class RuntimeConfig:
     channels_last: bool = True
 
     def validate(self, key: str) -> None:
-        allowed = _scan_backends()
-        _check(self.scan_backend in allowed, f"{key}.scan_backend",
-               f"must be one of {list(allowed)}, got {self.scan_backend!r}")
+        _check_scan_backend(self.scan_backend, f"{key}.scan_backend")
         places = self.activation_checkpointing
         for p in places:
             _check(p in ACTIVATION_CHECKPOINT_PLACES, f"{key}.activation_checkpointing",

@@ -100,3 +100,38 @@ def test_pooled_batchnorm_is_exact_in_float64(tmp_path):
         assert report["converted"]["AllReduceBatchNormAct2d"] > 10 and report["converted"]["AllReduceBatchNorm2d"] > 5
         assert report["output_rel_err"] < 1e-9, report
         assert report["grad_rel_err"] < 1e-9, report
+
+
+def test_torchrun_training_with_eval_and_checkpoint_at_the_last_step_exits_promptly(tiny_nyud, tmp_path):
+    """Issue 15: a short `torchrun -m pamm train` (2 gloo processes) whose last step evaluates and checkpoints, with
+    a DataLoader worker per process and the edge metric's worker pool, ends with exit status 0 well within the
+    timeout; train.log records the time of every phase, teardown included. (About 40 s on 2 busy cores: two
+    processes building, validating, training, evaluating twice and spawning the edge pools.)"""
+    import time
+
+    out = tmp_path / "run"
+    sets = [*_overrides(tiny_nyud, 2)[:-2], "data.workers=1", "train.iterations=4", "train.eval_every=2",
+            "train.checkpoint_every=2", "train.log_every=1", "eval.edge=true", "eval.edge_workers=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PAMM_CACHE_DIR": str(tmp_path / "cache")}
+    tic = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "pamm", "train",
+                           "--config", "demo", "--out", str(out), "--quiet", *[x for s in sets for x in ("--set", s)]],
+                          env=env, capture_output=True, text=True, timeout=300)
+    seconds = time.perf_counter() - tic
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (out / "train.log").read_text()
+    assert "2 process(es) on cpu" in log and "step 4: val semseg mIoU" in log
+    timings = [line for line in log.splitlines() if line.startswith("timings: ")]
+    assert len(timings) == 2, log
+    for phase in ("build", "4 steps", "1 evaluation(s)", "final evaluation", "checkpoint write(s)", "metrics write"):
+        assert phase in timings[0], timings[0]
+    assert timings[1].startswith("timings: teardown ")
+    teardown = float(timings[1].split()[2])
+    assert teardown < 30, timings
+    assert json.loads((out / "metrics.json").read_text())["step"] == 4
+    from pamm.engine.run import checkpoint_steps
+
+    assert checkpoint_steps(out) == [4, 2] and (out / "checkpoints" / "best.safetensors").exists()
+    assert not (out / ".pamm.lock").exists()
+    print(f"\ntorchrun end-to-end: {seconds:.1f} s wall\n" + "\n".join(timings))

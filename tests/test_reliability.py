@@ -16,7 +16,9 @@ from pamm.engine.checkpoint import (
     save_state,
     save_weights,
 )
-from pamm.engine.trainer import Trainer, TrainingStopped, find_resume_checkpoint
+from pamm.engine.run import best_checkpoint, find_resume_checkpoint
+from pamm.engine.trainer import Trainer, TrainingStopped
+from pamm.errors import InputError
 
 from conftest import tiny_config
 
@@ -92,16 +94,20 @@ def test_training_state_round_trip_and_pickled_code_is_refused(tmp_path):
         load_state(plain)
 
 
-def test_checkpoint_of_another_model_lists_every_mismatch(tiny_model, tmp_path):
+def test_checkpoint_of_another_model_names_the_difference_and_counts_the_mismatches(tiny_model, tmp_path):
     path = tmp_path / "nyud.safetensors"
     save_weights(path, tiny_model.state_dict(), tiny_config())
     other = tiny_config(model__d_state=4)
     with pytest.raises(CheckpointError) as err:
         load_model(path, cfg=other)
     msg = str(err.value)
-    assert "does not fit this model" in msg
-    assert "shape mismatch stages.0.A_log: checkpoint (4, 128, 8) vs model (4, 128, 4)" in msg
-    assert msg.count("shape mismatch") >= 4 * 3  # A_log, priors and B/C projections of every stage
+    assert "\n" not in msg
+    assert msg.startswith(f"checkpoint {path} does not fit the model of config nyud-vitl (checkpoint vs config: "
+                          f"model.d_state 8 vs 4); ")
+    assert "stages.0.A_log: checkpoint (4, 128, 8) vs model (4, 128, 4)" in msg
+    shapes = int(msg.split("; ")[1].split(" tensor(s) of another shape")[0])
+    assert shapes >= 4 * 3  # A_log, priors and B/C projections of every stage
+    assert "missing" not in msg and "unexpected" not in msg
 
 
 def _fake_run(tmp_path, steps):
@@ -126,17 +132,36 @@ def test_resume_falls_back_to_the_last_valid_checkpoint(tmp_path):
     assert find_resume_checkpoint(run, log=messages.append) is None
 
 
+def test_best_checkpoint_of_a_run_falls_back_to_the_newest_valid_step(tmp_path):
+    run, ckpt = _fake_run(tmp_path, [2, 4])
+    messages = []
+    assert best_checkpoint(run, log=messages.append) == ckpt / "step-0000004.safetensors"
+    assert "no valid best.safetensors; using step-0000004.safetensors" in messages[-1]
+    (ckpt / "best.safetensors").write_bytes((ckpt / "step-0000002.safetensors").read_bytes())
+    assert best_checkpoint(run, log=messages.append) == ckpt / "best.safetensors"
+    (ckpt / "best.safetensors").write_bytes(b"\0" * 100)
+    (ckpt / "step-0000004.safetensors").write_bytes(b"\0" * 100)
+    assert best_checkpoint(run, log=messages.append) == ckpt / "step-0000002.safetensors"
+    (ckpt / "step-0000002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no valid checkpoint in"):
+        best_checkpoint(run, log=messages.append)
+    with pytest.raises(InputError, match="does not exist; expected a folder written by `pamm train`"):
+        best_checkpoint(tmp_path / "nowhere")
+
+
 def test_unwritable_run_folder_is_refused_before_any_work(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(PermissionError, match="is not writable"):
+    with pytest.raises(InputError, match="file is a file; expected a folder there"):
         Trainer(tiny_config(), blocker / "run", device="cpu", progress=False, log=lambda m: None)
 
 
 def test_existing_run_is_not_overwritten_without_resume(tmp_path):
     run, _ = _fake_run(tmp_path, [2])
-    with pytest.raises(FileExistsError, match="pass --resume"):
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    with pytest.raises(InputError, match="already holds checkpoints; pass --resume"):
         Trainer(tiny_config(), run, device="cpu", progress=False, log=lambda m: None)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before and not (run / ".pamm.lock").exists()
 
 
 def test_non_finite_steps_are_skipped_then_training_stops(tmp_path, monkeypatch):
@@ -148,8 +173,7 @@ def test_non_finite_steps_are_skipped_then_training_stops(tmp_path, monkeypatch)
                       train__checkpoint_every=0, train__eval_every=0, train__lr=1e-3, model__dim=32)
     logs = []
     trainer = Trainer(cfg, tmp_path / "run", device="cpu", progress=False, log=logs.append)
-    trainer._build()
-    batches = iter(trainer._loader())
+    batches = trainer.batches()
     real_loss = trainer.loss_fn.forward
 
     def poisoned(outputs, targets, routing=None):
@@ -169,6 +193,7 @@ def test_non_finite_steps_are_skipped_then_training_stops(tmp_path, monkeypatch)
     trainer.train_step(next(batches))
     with pytest.raises(TrainingStopped, match="3 steps had a non-finite loss or gradient"):
         trainer.train_step(next(batches))
+    trainer.close()
 
 
 def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
@@ -222,11 +247,15 @@ def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_pa
 @pytest.mark.parametrize("flush", [True, False])
 def test_cpu_training_flushes_denormals_when_configured(tmp_path, flush):
     """train.flush_denormal (default on): Adam's tiny second moments must not fall into slow denormal arithmetic."""
-    trainer = Trainer(tiny_config(train__flush_denormal=flush), tmp_path, device="cpu", progress=False,
-                      log=lambda msg: None)
+    from pamm.data.synth import synthesize
+
+    synthesize(tmp_path / "data", layout="nyud", n_train=2, n_val=1, size=(64, 96), seed=0, progress=False)
+    cfg = tiny_config(train__flush_denormal=flush, data__root=str(tmp_path / "data" / "NYUDv2"),
+                      train__batch_size=2, model__dim=32)
+    torch.set_flush_denormal(not flush)
     try:
-        trainer._seed()
-        tiny = torch.tensor([1e-40]) * 2.0  # a denormal float32 result
-        assert bool(tiny[0] == 0) == flush
+        with Trainer(cfg, tmp_path / "run", device="cpu", progress=False, log=lambda msg: None):
+            tiny = torch.tensor([1e-40]) * 2.0  # a denormal float32 result
+            assert bool(tiny[0] == 0) == flush
     finally:
         torch.set_flush_denormal(False)

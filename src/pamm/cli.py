@@ -1,17 +1,34 @@
 """The ``pamm`` command: ``data``, ``train``, ``evaluate``, ``predict``, ``convert-official``, ``config``.
 
-Every error a user can cause (bad config key, missing dataset file, damaged checkpoint, ...) is printed as one
-clear line and exits with status 2; ``--debug`` shows the traceback instead.
+Exit statuses follow :mod:`pamm.errors`: 0 success; 1 an internal error (a bug: the traceback is printed); 2 an
+input or usage error the user can fix (one line naming the file or key and what was expected); 3 a resource or
+environment error (disk full, permission denied, a run folder in use); 130 / 143 interrupted by SIGINT / SIGTERM.
+``--debug`` also prints the traceback of the errors given as one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import signal
 import sys
+import traceback
 from pathlib import Path
 
+from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_SIGINT, EXIT_SIGTERM, Interrupted, Terminated, describe, exit_code
+
 __all__ = ["main", "build_parser"]
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (1 or more), got {value}")
+    return value
 
 
 def _load_cfg(config: str, sets: list[str]):
@@ -48,12 +65,12 @@ def cmd_data_synth(args) -> int:
 def cmd_data_check(args) -> int:
     from .data import check_dataset
 
-    problems = check_dataset(args.dataset, args.root)
+    problems = check_dataset(args.dataset, args.root, progress=not args.quiet and sys.stderr.isatty())
     for p in problems:
         print(p)
     if problems:
-        print(f"{len(problems)} problem(s) found in {args.root}", file=sys.stderr)
-        return 1
+        print(f"pamm data check: {len(problems)} problem(s) found in {args.root}", file=sys.stderr)
+        return EXIT_INPUT
     print(f"{args.root}: no problems found")
     return 0
 
@@ -61,56 +78,63 @@ def cmd_data_check(args) -> int:
 # ---- train / evaluate ------------------------------------------------------------------------------------
 
 
+def _resume_command(argv: list[str]) -> str:
+    """The command that continues an interrupted ``train``: the same arguments with ``--resume``."""
+    args = [a for a in argv if a != "--resume"] + ["--resume"]
+    world = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("WORLD_SIZE")
+    launcher = ["pamm"] if not world else ["torchrun", "--nproc_per_node", world, "-m", "pamm"]
+    return shlex.join(launcher + args)
+
+
 def cmd_train(args) -> int:
+    from .engine.evaluator import format_table
     from .engine.trainer import Trainer
 
     cfg = _load_cfg(args.config, args.set)
-    trainer = Trainer(cfg, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
-    metrics = trainer.fit()
+    trainer = Trainer(cfg, args.out, resume=args.resume, device=args.device, progress=not args.quiet,
+                      command=shlex.join(["pamm", *args.argv]))
+    try:
+        with trainer:
+            metrics = trainer.fit()
+    except Interrupted as e:
+        if trainer.dist.is_main:
+            print(f"pamm train: {e}", file=sys.stderr)
+            if "nothing was written" not in str(e):
+                print(f"resume with: {_resume_command(args.argv)}", file=sys.stderr)
+        return e.exit_status
     if trainer.dist.is_main:
-        from .engine.evaluator import format_table
-
         print(format_table(metrics, cfg.data.task_list))
-    from .engine.distributed import shutdown_distributed
-
-    shutdown_distributed()
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    import torch
-
-    from .engine.checkpoint import load_model, read_checkpoint_config
-    from .engine.evaluator import compute_baselines, evaluate, format_table, write_metrics
-    from .engine.trainer import autocast_dtype
+    from .engine.checkpoint import read_checkpoint_config
+    from .engine.evaluator import evaluate_checkpoint, format_table, write_metrics
+    from .engine.run import best_checkpoint
+    from .fs import check_writable, remove_empty_folders
 
     if args.run:
-        run = Path(args.run)
-        ckpt = run / "checkpoints" / "best.safetensors"
-        if not ckpt.exists():
-            from .engine.trainer import find_resume_checkpoint
-
-            found = find_resume_checkpoint(run)
-            if found is None:
-                raise FileNotFoundError(f"no checkpoint in {run / 'checkpoints'}")
-            ckpt = found[0]
-        out = Path(args.out) if args.out else run / "metrics.json"
+        ckpt = best_checkpoint(args.run)
+        out = Path(args.out) if args.out else Path(args.run) / "metrics.json"
     else:
         ckpt = Path(args.checkpoint)
+        if ckpt.is_dir() and (ckpt / "checkpoints").is_dir():
+            raise ValueError(f"--checkpoint {ckpt} is a run folder, not a weights file; use --run {ckpt}")
         out = Path(args.out) if args.out else ckpt.with_name(ckpt.stem + ".metrics.json")
     cfg = _load_cfg(args.config, args.set) if args.config else read_checkpoint_config(ckpt)
     if args.config is None and args.set:
         from .config import override_config, parse_override
 
         cfg = override_config(cfg, dict(parse_override(s) for s in args.set))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, cfg = load_model(ckpt, device=device, cfg=cfg)
-    metrics = evaluate(model, cfg, device=device, progress=not args.quiet, split=args.split,
-                       amp_dtype=autocast_dtype(cfg.train.amp, device), max_images=args.max_images)
-    extra = {"checkpoint": str(ckpt), "split": args.split}
-    if args.baselines:
-        metrics["baselines"] = compute_baselines(cfg, split=args.split, max_images=args.max_images)
-    write_metrics(out, metrics, cfg, extra=extra)
+    created = check_writable(out)  # before the evaluation, not after it
+    try:
+        metrics, cfg = evaluate_checkpoint(ckpt, cfg, split=args.split, device=args.device,
+                                           max_images=args.max_images, baselines=args.baselines,
+                                           progress=not args.quiet)
+        write_metrics(out, metrics, cfg, extra={"checkpoint": str(ckpt), "split": args.split})
+    except BaseException:
+        remove_empty_folders(created)
+        raise
     print(format_table(metrics, cfg.data.task_list))
     print(f"wrote {out}")
     return 0
@@ -136,7 +160,15 @@ def cmd_predict(args) -> int:
 
 def cmd_convert(args) -> int:
     from .convert import convert_official
+    from .engine.checkpoint import identify_file
 
+    kind = identify_file(args.src)
+    if kind in ("pamm-weights", "pamm-state"):
+        what = "weights file" if kind == "pamm-weights" else "training state (.state.pt)"
+        raise ValueError(f"{args.src} is a pamm {what}, not a checkpoint of the authors' code; it needs no "
+                         f"conversion (load weights with `pamm evaluate --checkpoint` or `pamm predict`)")
+    if kind == "folder":
+        raise ValueError(f"{args.src} is a folder; expected the authors' checkpoint file (.pth)")
     report = convert_official(Path(args.src), Path(args.dst), preset=args.preset, x_experts=args.x_experts)
     print(report)
     return 0
@@ -191,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = dsub.add_parser("check", help="validate a dataset folder and list every problem")
     c.add_argument("--dataset", choices=["nyud", "pascal"], required=True)
     c.add_argument("--root", required=True)
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_data_check)
 
     t = sub.add_parser("train", help="train a preset or YAML config (torchrun -m pamm train ... for DDP)")
@@ -211,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="val")
     e.add_argument("--out", help="metrics file (default: RUN/metrics.json)")
     e.add_argument("--baselines", action="store_true", help="also score constant predictors fitted on train")
-    e.add_argument("--max-images", type=int, default=None, help="score only the first N images")
+    e.add_argument("--max-images", type=_positive, default=None, metavar="N", help="score only the first N images")
     e.add_argument("--device", choices=["cpu", "cuda"], default=None)
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)
@@ -239,23 +272,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.debug:
-        return args.func(args)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)  # usage errors: argparse prints them and exits with 2
+    args.argv = argv
+    command = args.command + (f" {args.data_command}" if args.command == "data" else "")
+    previous = None
+    try:  # SIGTERM becomes an exception, so clean-up code runs (only possible in the main thread)
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:
+        pass
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, RuntimeError, OSError) as e:
-        msg = str(e) or type(e).__name__
-        print(f"pamm {args.command}: error: {msg}", file=sys.stderr)
-        if os.environ.get("PAMM_DEBUG"):
-            raise
-        from .errors import exit_code
-
-        return exit_code(e) if isinstance(e, OSError) else 2
+        print(f"\npamm {command}: interrupted (SIGINT)", file=sys.stderr)
+        return EXIT_SIGINT
+    except Terminated:
+        print(f"\npamm {command}: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_SIGTERM
+    except Exception as e:  # noqa: BLE001 - every error leaves through the exit-status scheme
+        code = exit_code(e)
+        if code == EXIT_INTERNAL or args.debug or os.environ.get("PAMM_DEBUG"):
+            traceback.print_exc()
+        if code == EXIT_INTERNAL:
+            print(f"pamm {command}: internal error (a bug; please report it with the traceback above): "
+                  f"{type(e).__name__}: {e}", file=sys.stderr)
+        else:
+            print(f"pamm {command}: error: {describe(e)}", file=sys.stderr)
+        return code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

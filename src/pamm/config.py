@@ -234,6 +234,9 @@ class DataConfig:
             a multiple of the patch size.
         workers: DataLoader worker processes.
         scale_range: training augmentation's random rescale factors [low, high] (paper: [0.5, 2.0]).
+        on_error: a damaged sample (found by the validation before training and evaluation, or when loaded):
+            ``raise`` stops with one line naming the file; ``skip`` leaves it out, counts it and lists it in
+            ``train.log`` and ``metrics.json``.
     """
 
     dataset: str = "nyud"
@@ -243,6 +246,7 @@ class DataConfig:
     test_size: list[int] = field(default_factory=lambda: [448, 576])
     workers: int = 4
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    on_error: str = "raise"
 
     def validate(self, key: str) -> None:
         _check(self.dataset in DATASETS, f"{key}.dataset", f"must be one of {sorted(DATASETS)}, got {self.dataset!r}")
@@ -256,6 +260,8 @@ class DataConfig:
         _check(self.workers >= 0, f"{key}.workers", f"must be >= 0, got {self.workers}")
         _check(len(self.scale_range) == 2 and 0 < self.scale_range[0] <= self.scale_range[1],
                f"{key}.scale_range", f"must be [low, high] with 0 < low <= high, got {self.scale_range}")
+        _check(self.on_error in ("raise", "skip"), f"{key}.on_error",
+               f"must be 'raise' or 'skip', got {self.on_error!r}")
 
     @property
     def task_list(self) -> list[str]:

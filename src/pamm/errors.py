@@ -19,10 +19,11 @@ plain ``ValueError`` / ``OSError``; :func:`exit_code` maps any exception to its 
 from __future__ import annotations
 
 import errno
+import signal
 
 __all__ = [
-    "PammError", "InputError", "ResourceError", "exit_code", "describe_os_error",
-    "EXIT_OK", "EXIT_INTERNAL", "EXIT_INPUT", "EXIT_RESOURCE", "EXIT_SIGINT", "EXIT_SIGTERM",
+    "PammError", "InputError", "ResourceError", "Interrupted", "Terminated", "exit_code", "describe_os_error",
+    "describe", "EXIT_OK", "EXIT_INTERNAL", "EXIT_INPUT", "EXIT_RESOURCE", "EXIT_SIGINT", "EXIT_SIGTERM",
 ]  # fmt: skip
 
 EXIT_OK = 0
@@ -65,6 +66,21 @@ class ResourceError(PammError, OSError):
         return self.message
 
 
+class Interrupted(PammError):
+    """Work stopped on a signal (SIGINT or SIGTERM) after saving what it could; ``signal`` is the signal number and
+    the message says what was kept and how to continue."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signal = signum
+        self.exit_status = EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
+
+
+class Terminated(BaseException):
+    """SIGTERM turned into an exception (as SIGINT is a ``KeyboardInterrupt``), so that clean-up code runs; the
+    ``pamm`` command raises it from its SIGTERM handler."""
+
+
 def describe_os_error(e: OSError, path: object | None = None) -> str:
     """One line for an ``OSError``: the file it concerns (``path`` or the error's own) and the system's reason,
     without Python's ``[Errno N]`` prefix."""
@@ -75,10 +91,20 @@ def describe_os_error(e: OSError, path: object | None = None) -> str:
     return f"{where}: {reason}" if where is not None else reason
 
 
+def describe(e: BaseException) -> str:
+    """The message of ``e`` for the user: an ``OSError`` of the system as :func:`describe_os_error` words it, any
+    other error as its own message."""
+    if isinstance(e, OSError) and not isinstance(e, PammError) and e.strerror:
+        return describe_os_error(e)
+    return str(e) or type(e).__name__
+
+
 def exit_code(e: BaseException) -> int:
     """The exit status for exception ``e`` under the scheme above."""
     if isinstance(e, KeyboardInterrupt):
         return EXIT_SIGINT
+    if isinstance(e, Terminated):
+        return EXIT_SIGTERM
     if isinstance(e, PammError):
         return e.exit_status
     if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError)):

@@ -18,9 +18,10 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import ResourceError, describe_os_error
+from .errors import InputError, ResourceError, describe_os_error
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "AtomicGroup", "StagedFolder", "current_umask"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "AtomicGroup", "StagedFolder", "current_umask",
+           "make_folders", "remove_empty_folders", "check_writable"]
 
 
 def current_umask() -> int:
@@ -306,3 +307,58 @@ class StagedFolder:
             except OSError as e:
                 warnings.warn(f"{target} was replaced, but the old folder could not be deleted: "
                               f"{describe_os_error(e, aside)}", stacklevel=3)  # fmt: skip
+
+
+def make_folders(folder: str | os.PathLike) -> list[Path]:
+    """``mkdir -p folder``; returns the folders it created, outermost first (for :func:`remove_empty_folders` should
+    the work fail). A path component that is a file is an :class:`~pamm.errors.InputError`; a refusal of the system
+    a :class:`~pamm.errors.ResourceError`, both naming the folder."""
+    folder = Path(folder)
+    missing = []
+    probe = folder
+    while not probe.exists():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise InputError(f"{probe} is a file; expected a folder there (for {folder})")
+    created = []
+    try:
+        for path in reversed(missing):
+            path.mkdir()
+            created.append(path)
+    except FileExistsError:  # created meanwhile by someone else: fine if it is a folder
+        if not folder.is_dir():
+            raise InputError(f"{folder} is a file; expected a folder") from None
+    except OSError as e:
+        remove_empty_folders(created)
+        raise ResourceError(f"cannot create folder {describe_os_error(e, path)}", e.errno) from e
+    return created
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove ``folders`` (as :func:`make_folders` returned them) innermost first, each only if it is empty."""
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
+def check_writable(path: str | os.PathLike) -> list[Path]:
+    """Check, before long work, that the file ``path`` can be written later: it is not a folder and a file can be
+    created beside it (the folder is created if missing). Returns the folders created (see :func:`make_folders`).
+    Raises :class:`~pamm.errors.InputError` or :class:`~pamm.errors.ResourceError` naming the path."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; expected a file path to write")
+    created = make_folders(path.parent)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        remove_empty_folders(created)
+        raise ResourceError(f"cannot write {describe_os_error(e, path)}", e.errno) from e
+    return created

@@ -10,22 +10,13 @@ import sys
 import torch
 
 from pamm.config import load_config, parse_override
-from pamm.engine.distributed import shutdown_distributed
 from pamm.engine.trainer import Trainer
 
 torch.set_num_threads(1)
 run_dir, prefix, *sets = sys.argv[1:]
 cfg = load_config("demo", dict(parse_override(s) for s in sets))
-trainer = Trainer(cfg, run_dir, progress=False, log=lambda msg: None)
-build = trainer._build
-
-
-def build_and_dump():
-    build()
-    torch.save({k: v.clone() for k, v in trainer.model.state_dict().items()}, f"{prefix}{trainer.dist.rank}-init.pt")
-
-
-trainer._build = build_and_dump
-trainer.fit()
-torch.save(trainer.model.state_dict(), f"{prefix}{trainer.dist.rank}.pt")
-shutdown_distributed()
+trainer = Trainer(cfg, run_dir, progress=False, log=lambda msg: None)  # builds: the weights training starts from
+torch.save({k: v.clone() for k, v in trainer.model.state_dict().items()}, f"{prefix}{trainer.dist.rank}-init.pt")
+rank = trainer.dist.rank
+trainer.fit()  # ends with the process group shut down
+torch.save(trainer.model.state_dict(), f"{prefix}{rank}.pt")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from pamm.data.check import Problem, check_dataset
-from pamm.data.dataset import MultiTaskDataset, Transform, collate
+from pamm.data.check import Problem, ValidationReport, check_dataset, validate_dataset
+from pamm.data.dataset import FailedSample, LoadGuard, MultiTaskDataset, Transform, collate
 from pamm.data.io import DatasetError
 from pamm.data.nyud import NYUDv2
 from pamm.data.pascal import PascalContext
@@ -22,23 +22,28 @@ def build_dataset(
     tasks: Sequence[str] | None = None,
     transform: Transform | None = None,
     seed: int = 0,
+    on_error: str = "raise",
 ) -> MultiTaskDataset:
     """Instantiate dataset ``name`` (``"nyud"`` or ``"pascal"``); see :class:`MultiTaskDataset` for the rest."""
     if name not in DATASET_CLASSES:
         raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASET_CLASSES)}")
-    return DATASET_CLASSES[name](root, split=split, tasks=tasks, transform=transform, seed=seed)
+    return DATASET_CLASSES[name](root, split=split, tasks=tasks, transform=transform, seed=seed, on_error=on_error)
 
 
 __all__ = [
     "DATASET_CLASSES",
     "DatasetError",
+    "FailedSample",
+    "LoadGuard",
     "MultiTaskDataset",
     "NYUDv2",
     "PascalContext",
     "Problem",
     "Transform",
+    "ValidationReport",
     "build_dataset",
     "build_transforms",
     "check_dataset",
     "collate",
+    "validate_dataset",
 ]

@@ -1,21 +1,33 @@
 """Validation of a dataset folder: every problem at once, before a long training run finds the first one.
 
-Used by ``pamm data check --dataset nyud|pascal --root DIR``. Each file is read (and fully decoded) once, with a
-thread pool for the I/O; the checks are exactly those the loaders apply when reading a sample.
+Two passes share the loaders' rules:
+
+* :func:`check_dataset` (``pamm data check --dataset nyud|pascal --root DIR``) reads and fully decodes every file
+  of every split, with a thread pool for the I/O; the checks are exactly those the loaders apply.
+* :func:`validate_dataset` runs before training and evaluation on the samples of one split and the files its tasks
+  need: label maps and depth are decoded (value ranges, shapes), images are checked for integrity from their
+  headers and chunk checksums without a full decode (:mod:`pamm.data.probe`). Results are cached per sample, keyed
+  on each file's path, size and modification time, in the user's cache folder (never in the dataset, which may be
+  read-only), so a re-run checks only what changed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from pamm.data.dataset import Layout, image_size_mismatches, locate_files, read_split
+from pamm.data.dataset import Layout, MultiTaskDataset, image_size_mismatches, locate_files, read_split
 from pamm.data.io import DatasetError
 from pamm.data.nyud import NYUD_LAYOUT
 from pamm.data.pascal import PASCAL_LAYOUT
+from pamm.data.probe import probe_image
+from pamm.fs import atomic_write_text
 from pamm.tasks import dataset_spec
 
 LAYOUTS: dict[str, Layout] = {"nyud": NYUD_LAYOUT, "pascal": PASCAL_LAYOUT}
@@ -125,3 +137,135 @@ def check_dataset(
         for image_problems in results:
             problems += image_problems
     return problems
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The fast pass before training
+
+
+VALIDATION_VERSION = 1
+"""Bumped whenever the rules change, so that cached verdicts of older rules are not trusted."""
+
+
+def default_cache_dir() -> Path:
+    """Where validation verdicts are cached: ``$PAMM_CACHE_DIR``, else ``$XDG_CACHE_HOME/pamm``, else
+    ``~/.cache/pamm``."""
+    if os.environ.get("PAMM_CACHE_DIR"):
+        return Path(os.environ["PAMM_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pamm"
+
+
+@dataclass
+class ValidationReport:
+    """Outcome of :func:`validate_dataset`."""
+
+    bad: dict[str, str] = field(default_factory=dict)
+    """image id → what is wrong (one line naming the file)."""
+    samples: int = 0
+    """samples validated (cached verdicts included)."""
+    cached: int = 0
+    """samples whose verdict came from the cache."""
+    seconds: float = 0.0
+
+
+def _probe_sample(layout: Layout, paths: dict[str, Path]) -> str:
+    """Validate one sample's files the fast way; returns "" when it loads, else the first problem."""
+    sizes = {}
+    try:
+        for kind, path in paths.items():
+            size = None
+            if kind in layout.probes:
+                probe_kind, what = layout.probes[kind]
+                size = probe_image(path, probe_kind, what)
+            if size is None:
+                array = layout.decode(kind, path)
+                size = None if array is None else tuple(array.shape[:2])
+            sizes[kind] = size
+    except DatasetError as err:
+        return str(err)
+    except Exception as err:  # noqa: BLE001 - an unforeseen reader failure is a bad file, named
+        return f"{path}: unexpected error while reading ({type(err).__name__}: {err})"
+    image_size = sizes["image"]
+    for kind, size in sizes.items():
+        if kind != "image" and size is not None and size != image_size:
+            return (f"{paths[kind]}: size {size[0]}x{size[1]} differs from its image {paths['image']} "
+                    f"({image_size[0]}x{image_size[1]}); expected the same height x width")
+    return ""
+
+
+def _signature(layout: Layout, paths: dict[str, Path]) -> str | None:
+    """Cache key of one sample: its files' paths, sizes and modification times (None if a file vanished)."""
+    parts = [layout.name, VALIDATION_VERSION]
+    for kind in sorted(paths):
+        try:
+            stat = os.stat(paths[kind])
+        except OSError:
+            return None
+        parts.append([kind, str(Path(paths[kind]).resolve()), stat.st_size, stat.st_mtime_ns])
+    return hashlib.sha1(json.dumps(parts).encode()).hexdigest()
+
+
+def _cache_file(cache_dir: Path, dataset: MultiTaskDataset) -> Path:
+    key = hashlib.sha1(f"{dataset.layout.name}:{dataset.root.resolve()}".encode()).hexdigest()[:16]
+    return cache_dir / f"validated-{dataset.layout.name}-{key}.json"
+
+
+def _read_cache(path: Path) -> dict[str, str]:
+    try:
+        doc = json.loads(path.read_text())
+        return dict(doc["entries"]) if doc.get("version") == VALIDATION_VERSION else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}  # absent, unreadable or damaged: validate again
+
+
+def _write_cache(path: Path, dataset: MultiTaskDataset, entries: dict[str, str]) -> None:
+    doc = {"version": VALIDATION_VERSION, "root": str(dataset.root.resolve()), "entries": entries}
+    try:
+        atomic_write_text(path, json.dumps(doc))
+    except OSError:
+        pass  # a cache that cannot be written only costs time on the next run
+
+
+def validate_dataset(
+    dataset: MultiTaskDataset,
+    cache_dir: str | os.PathLike | None = None,
+    cache: bool = True,
+    workers: int | None = None,
+    progress: bool = False,
+) -> ValidationReport:
+    """Validate every sample of ``dataset`` (its split, the files its tasks need) before it is used.
+
+    The checks (module docstring) find what loading would: missing, empty, truncated or corrupt files, label maps
+    that are not PNGs or hold values out of range, depth maps of the wrong shape or with invalid values, files whose
+    size differs from their image. With ``cache``, verdicts are kept in ``cache_dir`` (default
+    :func:`default_cache_dir`) keyed on each file's path, size and modification time.
+
+    Returns:
+        a :class:`ValidationReport`; ``report.bad`` maps each bad sample's id to one line naming the file.
+    """
+    tic = time.perf_counter()
+    layout = dataset.layout
+    cache_path = _cache_file(Path(cache_dir or default_cache_dir()), dataset) if cache else None
+    known = _read_cache(cache_path) if cache_path is not None else {}
+    signatures = [_signature(layout, paths) for paths in dataset.paths]
+    todo = [i for i, sig in enumerate(signatures) if sig is None or sig not in known]
+    report = ValidationReport(samples=len(dataset.ids), cached=len(dataset.ids) - len(todo))
+    verdicts = {i: known[sig] for i, sig in enumerate(signatures) if sig is not None and sig in known}
+    if todo:
+        workers = workers or min(16, 2 * (os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = pool.map(lambda i: _probe_sample(layout, dataset.paths[i]), todo)
+            if progress:
+                from tqdm import tqdm
+
+                results = tqdm(results, total=len(todo), desc=f"validating {dataset.split}", unit="sample",
+                               leave=False)
+            for i, verdict in zip(todo, results):
+                verdicts[i] = verdict
+        if cache_path is not None:
+            fresh = {signatures[i]: verdicts[i] for i in todo if signatures[i] is not None}
+            _write_cache(cache_path, dataset, {**known, **fresh} if len(known) < 200_000 else fresh)
+    report.bad = {dataset.ids[i]: verdicts[i] for i in sorted(verdicts) if verdicts[i]}
+    report.seconds = time.perf_counter() - tic
+    return report

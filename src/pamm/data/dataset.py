@@ -25,6 +25,9 @@ from pamm.data.io import DatasetError, fail
 from pamm.data.transforms import build_transforms
 from pamm.tasks import dataset_spec
 
+ON_ERROR = ("raise", "skip")
+"""What a dataset does with a sample whose files fail to load (``data.on_error``)."""
+
 Transform = Callable[[dict, np.random.Generator], dict]
 """A transform maps a sample and a random generator to a new sample (see :mod:`pamm.data.transforms`)."""
 
@@ -55,6 +58,9 @@ class Layout:
             kind allows "no annotation"); raises :class:`DatasetError`.
         assemble: ``assemble(decoded, tasks)`` turns the decoded files of one image into the raw sample's task
             tensors (without ``meta``).
+        probes: kinds whose ``decode`` checks need no pixel values → (probe kind, description) for
+            :func:`pamm.data.probe.probe_image`, the fast integrity check used before training; other kinds are
+            validated with ``decode``.
     """
 
     name: str
@@ -63,6 +69,7 @@ class Layout:
     task_files: dict[str, tuple[str, ...]]
     decode: Callable[[str, Path], np.ndarray | None]
     assemble: Callable[[dict[str, np.ndarray | None], tuple[str, ...]], dict[str, torch.Tensor]]
+    probes: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def kinds_for(self, tasks: Sequence[str]) -> tuple[str, ...]:
         """The kinds of file needed for ``tasks``, image first, each once."""
@@ -84,16 +91,24 @@ def resolve_tasks(layout: Layout, tasks: Sequence[str] | None) -> tuple[str, ...
 
 
 def read_split(layout: Layout, root: Path, split: str) -> list[str]:
-    """Read the image ids of ``split`` (blank lines skipped); raise :class:`DatasetError` if the file is missing."""
+    """Read the image ids of ``split`` (blank lines skipped); raise :class:`DatasetError` if the file is missing,
+    unreadable, or lists no id."""
     if not root.is_dir():
         raise fail(root, f"dataset root is not a folder (expected the {layout.name} dataset root)")
     path = root / layout.split_folder / f"{split}.txt"
     if not path.is_file():
         folder = path.parent
         found = sorted(p.stem for p in folder.glob("*.txt")) if folder.is_dir() else []
-        raise fail(path, f"missing split file (expected one image id per line; splits found here: {found})")
-    with open(path, encoding="utf-8") as handle:
-        return [line.strip() for line in handle if line.strip()]
+        what = "a folder" if path.is_dir() else "missing"
+        raise fail(path, f"{what} split file (expected one image id per line; splits found here: {found})")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            ids = [line.strip() for line in handle if line.strip()]
+    except UnicodeDecodeError:
+        raise fail(path, "split file is not UTF-8 text; expected one image id per line") from None
+    if not ids:
+        raise fail(path, "split file lists no image ids; expected one image id per line")
+    return ids
 
 
 @dataclass
@@ -148,6 +163,11 @@ class MultiTaskDataset(Dataset):
     task needs exists for every id; any gap raises :class:`DatasetError` naming the first missing paths. Files are
     read and validated in ``__getitem__``; a bad file raises :class:`DatasetError` naming it.
 
+    Bad samples: with ``on_error="raise"`` (default) a sample whose files fail to load raises
+    :class:`DatasetError`; with ``on_error="skip"`` it is replaced by the next sample that loads (in index order,
+    wrapping around) and the replaced ids and messages are listed in the returned sample's ``meta["replaced"]``.
+    :meth:`exclude` removes samples known to be bad beforehand (see :func:`pamm.data.check.validate_dataset`).
+
     Randomness: sample ``index`` of epoch ``e`` is transformed with
     ``numpy.random.default_rng([seed, e, index])``, so the result does not depend on worker count or order. Call
     :meth:`set_epoch` before each epoch (with non-persistent DataLoader workers, which re-copy the dataset).
@@ -161,6 +181,7 @@ class MultiTaskDataset(Dataset):
         transform: ``transform(sample, rng) -> sample``; ``None`` applies only ImageNet normalisation and the
             ignore-region conventions (see :func:`pamm.data.transforms.build_transforms`).
         seed: base seed of the per-sample generators.
+        on_error: ``"raise"`` or ``"skip"`` (see above).
     """
 
     layout: Layout
@@ -172,13 +193,19 @@ class MultiTaskDataset(Dataset):
         tasks: Sequence[str] | None = None,
         transform: Transform | None = None,
         seed: int = 0,
+        on_error: str = "raise",
     ):
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.root = Path(root)
         self.split = split
+        self.on_error = on_error
         self.tasks = resolve_tasks(self.layout, tasks)
         self.transform = transform if transform is not None else build_transforms(train=False, size=None, multiple=1)
         self.seed = int(seed)
         self.epoch = 0
+        self.skipped: dict[str, str] = {}
+        """ids removed by :meth:`exclude`, with what is wrong with each."""
         self.ids = read_split(self.layout, self.root, split)
         self.kinds = self.layout.kinds_for(self.tasks)
         located = locate_files(self.layout, self.root, self.ids, self.kinds)
@@ -221,9 +248,34 @@ class MultiTaskDataset(Dataset):
         sample["meta"] = {"id": self.ids[index], "size": (height, width), "valid": (0, 0, height, width)}
         return sample
 
+    def exclude(self, bad: dict[str, str]) -> None:
+        """Remove the samples whose ids are keys of ``bad`` (id → what is wrong). Raises :class:`DatasetError` if
+        nothing would be left."""
+        keep = [i for i, image_id in enumerate(self.ids) if image_id not in bad]
+        if not keep:
+            split_file = self.root / self.layout.split_folder / f"{self.split}.txt"
+            first = next(iter(bad.values()), "")
+            raise DatasetError(f"{split_file}: every one of its {len(self.ids)} samples is damaged (first: {first})",
+                               path=split_file)
+        self.skipped.update({image_id: bad[image_id] for image_id in self.ids if image_id in bad})
+        self.ids = [self.ids[i] for i in keep]
+        self.paths = [self.paths[i] for i in keep]
+
     def __getitem__(self, index: int) -> dict:
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        return self.transform(self.load_raw(index), rng)
+        replaced = []
+        for attempt in range(len(self.ids) if self.on_error == "skip" else 1):
+            candidate = (index + attempt) % len(self.ids)
+            try:
+                raw = self.load_raw(candidate)
+            except DatasetError as err:
+                if self.on_error != "skip":
+                    raise
+                replaced.append((self.ids[candidate], str(err)))
+                continue
+            if replaced:
+                raw["meta"]["replaced"] = replaced
+            return self.transform(raw, np.random.default_rng([self.seed, self.epoch, candidate]))
+        raise DatasetError(f"no sample of split {self.split!r} loads (first: {replaced[0][1]})", path=self.root)
 
     def __repr__(self) -> str:
         return (
@@ -232,13 +284,47 @@ class MultiTaskDataset(Dataset):
         )
 
 
+@dataclass(frozen=True)
+class FailedSample:
+    """Stands for a sample that raised :class:`DatasetError` inside a DataLoader worker (see :class:`LoadGuard`):
+    the error crosses the process boundary as data, and :meth:`reraise` raises it in the main process as the
+    one-line error it was, not wrapped in the worker's traceback."""
+
+    message: str
+    path: str | None = None
+
+    def reraise(self):
+        raise DatasetError(self.message, path=self.path)
+
+
+class LoadGuard(Dataset):
+    """A view of ``dataset`` whose items are :class:`FailedSample` where loading raised :class:`DatasetError`.
+    :func:`collate` passes a failed sample on as the batch; the consumer calls ``batch.reraise()``."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        try:
+            return self.dataset[key]
+        except DatasetError as err:
+            return FailedSample(str(err), err.path)
+
+
 def collate(samples: Sequence[dict]) -> dict:
     """Stack the tensors of ``samples`` along a new batch dimension; ``meta`` becomes a list of the samples' metas.
 
-    All samples must have the same keys and, per key, the same tensor shape (pad to a common size first).
+    All samples must have the same keys and, per key, the same tensor shape (pad to a common size first). If a
+    sample is a :class:`FailedSample`, that failure is returned instead of a batch.
     """
     if not samples:
         raise ValueError("collate needs at least one sample")
+    failed = next((sample for sample in samples if isinstance(sample, FailedSample)), None)
+    if failed is not None:
+        return failed
     keys = samples[0].keys()
     batch = {}
     for key in keys:

@@ -78,6 +78,11 @@ NYUD_LAYOUT = Layout(
     task_files={"semseg": ("semseg",), "depth": ("depth",), "normals": ("normals",), "edge": ("edge",)},
     decode=_decode,
     assemble=_assemble,
+    probes={
+        "image": ("rgb", "RGB input image"),
+        "normals": ("label3", "surface normals (RGB = 255 · (n + 1) / 2)"),
+        "edge": ("label", "boundary map (0 / 255)"),
+    },
 )
 
 

@@ -223,6 +223,11 @@ PASCAL_LAYOUT = Layout(
     },
     decode=_decode,
     assemble=_assemble,
+    probes={
+        "image": ("rgb", "RGB input image"),
+        "normals": ("label3", "distilled surface normals"),
+        "sal": ("label", "distilled saliency (0..255)"),
+    },
 )
 
 

@@ -13,10 +13,11 @@ import torch
 import torch.distributed as dist
 from timm.layers import BatchNormAct2d, convert_sync_batchnorm
 
+from ..errors import ResourceError
 from ..ops.collectives import all_reduce_sum_autograd
 
-__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "all_reduce_sum", "all_reduce_arrays",
-           "broadcast_object", "barrier"]
+__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "all_reduce_sum", "all_reduce_max",
+           "all_reduce_arrays", "broadcast_object", "barrier"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def init_distributed(device: str | None = None) -> DistInfo:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but CUDA is not available")
+        raise ResourceError("device 'cuda' was requested but CUDA is not available on this machine; use --device cpu")
     if use_cuda:
         torch.cuda.set_device(local % torch.cuda.device_count())
         dev = torch.device("cuda", torch.cuda.current_device())
@@ -78,6 +79,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over all processes (in place; returns it)."""
     if _active():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of a tensor over all processes (in place; returns it)."""
+    if _active():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
 
 

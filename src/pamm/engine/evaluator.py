@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +13,31 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import Config
-from ..data import build_dataset, build_transforms, collate
+from ..data import LoadGuard, MultiTaskDataset, build_transforms, collate
 from ..fs import atomic_write_bytes
 from ..metrics import build_meters
 from ..tasks import postprocess
 from .distributed import DistInfo, all_reduce_arrays
+from .loading import next_batch, prepare_split, shutdown_workers, worker_init
 
-__all__ = ["evaluate", "write_metrics", "format_table", "compute_baselines", "crop_valid"]
+__all__ = ["evaluate", "evaluate_checkpoint", "write_metrics", "format_table", "compute_baselines", "crop_valid",
+           "autocast_dtype", "eval_transform", "EvaluationStopped"]
+
+
+class EvaluationStopped(Exception):
+    """An evaluation was abandoned because its ``stop`` callback asked for it (a signal during training)."""
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of an ``amp`` setting (``train.amp``) on ``device`` (None = full precision)."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    return {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def eval_transform(cfg: Config):
+    """The evaluation transform of ``cfg``: normalise and pad to ``data.test_size`` (never resize)."""
+    return build_transforms(train=False, size=tuple(cfg.data.test_size), multiple=cfg.model.backbone.patch_size)
 
 
 def crop_valid(t: torch.Tensor, valid: tuple[int, int, int, int]) -> torch.Tensor:
@@ -27,31 +46,42 @@ def crop_valid(t: torch.Tensor, valid: tuple[int, int, int, int]) -> torch.Tenso
     return t[..., top: top + h, left: left + w]
 
 
-def _loader(cfg: Config, split: str, dist: DistInfo | None, max_images: int | None):
-    transform = build_transforms(train=False, size=tuple(cfg.data.test_size), multiple=cfg.model.backbone.patch_size)
-    dataset = build_dataset(cfg.data.dataset, cfg.data.root, split, cfg.data.task_list, transform,
-                            seed=cfg.train.seed)
+def _loader(cfg: Config, dataset: MultiTaskDataset, dist: DistInfo | None, max_images: int | None):
     indices = list(range(len(dataset) if max_images is None else min(max_images, len(dataset))))
     if dist is not None and dist.distributed:
         indices = indices[dist.rank:: dist.world_size]  # no padding: every image is scored exactly once
-    subset = torch.utils.data.Subset(dataset, indices)
+    subset = torch.utils.data.Subset(LoadGuard(dataset), indices)
     workers = min(cfg.data.workers, len(indices))
     return DataLoader(subset, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=workers,
-                      collate_fn=collate, generator=torch.Generator().manual_seed(0)), len(indices)
+                      collate_fn=collate, worker_init_fn=worker_init if workers else None,
+                      generator=torch.Generator().manual_seed(0)), len(indices)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: tensors a module caches while evaluating (scan orders) are reused in training
 def evaluate(model: torch.nn.Module, cfg: Config, device: torch.device | str = "cpu", dist: DistInfo | None = None,
              progress: bool = False, amp_dtype: torch.dtype | None = None, split: str = "val",
-             max_images: int | None = None) -> dict:
+             max_images: int | None = None, dataset: MultiTaskDataset | None = None,
+             stop: Callable[[], bool] | None = None) -> dict:
     """Score ``model`` on ``split``; metrics pooled over the whole split (all processes) per task.
 
-    Returns ``{task: {metric: value}}`` plus ``"images"`` (count)."""
+    Args:
+        dataset: the split's dataset with the evaluation transform (default: built from ``cfg`` and validated
+            first, see :func:`pamm.engine.loading.prepare_split`).
+        max_images: score only the first N images (N >= 1).
+        stop: called after every batch; when it returns True the evaluation is abandoned
+            (:class:`EvaluationStopped`). Single process only: under DDP every process must finish.
+
+    Returns ``{task: {metric: value}}`` plus ``"images"`` (count) and, when samples were left out as damaged,
+    ``"skipped_samples"`` (id → what is wrong)."""
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"max_images must be >= 1, got {max_images}")
     device = torch.device(device)
     tasks = cfg.data.task_list
+    if dataset is None:
+        dataset = prepare_split(cfg, split, eval_transform(cfg), dist)
     meters = build_meters(cfg.data.dataset, tasks, edge=cfg.eval.edge, edge_workers=cfg.eval.edge_workers,
                           sal_double_sigmoid=cfg.eval.sal_double_sigmoid)
-    loader, n = _loader(cfg, split, dist, max_images)
+    loader, n = _loader(cfg, dataset, dist, max_images)
     was_training = model.training
     model.eval()
     bar = None
@@ -60,22 +90,36 @@ def evaluate(model: torch.nn.Module, cfg: Config, device: torch.device | str = "
 
         bar = tqdm(total=n, desc=f"eval {split}", dynamic_ncols=True, leave=False)
     count = 0
-    for batch in loader:
-        images = batch["image"].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            outputs = model(images)
-        for task in tasks:
-            pred = postprocess(task, outputs[task].float()).cpu()
-            target = batch[task]
-            for i, meta in enumerate(batch["meta"]):
-                meters[task].update(crop_valid(pred[i: i + 1], meta["valid"]), crop_valid(target[i: i + 1],
-                                                                                         meta["valid"]))
-        count += images.shape[0]
+    replaced: dict[str, str] = {}
+    batches = iter(loader)
+    try:
+        for _ in range(len(loader)):
+            batch = next_batch(batches)
+            images = batch["image"].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                outputs = model(images)
+            for task in tasks:
+                pred = postprocess(task, outputs[task].float()).cpu()
+                target = batch[task]
+                for i, meta in enumerate(batch["meta"]):
+                    meters[task].update(crop_valid(pred[i: i + 1], meta["valid"]),
+                                        crop_valid(target[i: i + 1], meta["valid"]))
+            for meta in batch["meta"]:
+                replaced.update(meta.get("replaced", ()))
+            count += images.shape[0]
+            if bar is not None:
+                bar.update(images.shape[0])
+            if stop is not None and stop():
+                raise EvaluationStopped(f"evaluation of {split} stopped after {count} of {n} images")
+    finally:
+        shutdown_workers(batches)
         if bar is not None:
-            bar.update(images.shape[0])
-    if bar is not None:
-        bar.close()
-    model.train(was_training)
+            bar.close()
+        for meter in meters.values():  # shut down the edge meter's worker pool, if any, now rather than at exit
+            close = getattr(meter, "close", None)
+            if close is not None:
+                close()
+        model.train(was_training)
     results = {}
     for task, meter in meters.items():
         state = all_reduce_arrays(meter.state(), device if device.type == "cuda" else torch.device("cpu"))
@@ -84,7 +128,32 @@ def evaluate(model: torch.nn.Module, cfg: Config, device: torch.device | str = "
         results[task] = meter.compute()
     total = all_reduce_arrays({"n": np.array([count], dtype=np.int64)}, device)["n"]
     results["images"] = int(total[0])
+    skipped = {**dataset.skipped, **replaced}
+    if skipped:
+        results["skipped_samples"] = skipped
     return results
+
+
+def evaluate_checkpoint(checkpoint: str | Path, cfg: Config | None = None, split: str = "val",
+                        device: torch.device | str | None = None, max_images: int | None = None,
+                        baselines: bool = False, progress: bool = False) -> tuple[dict, Config]:
+    """Load a weights file (its own config unless ``cfg`` is given), validate ``split`` and score it; with
+    ``baselines`` also score the constant predictors fitted on the train split.
+
+    Returns (metrics as :func:`evaluate`, with ``"baselines"`` when asked; the config used)."""
+    from .checkpoint import load_model, read_checkpoint_config
+
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"max_images must be >= 1, got {max_images}")
+    cfg = cfg or read_checkpoint_config(Path(checkpoint))
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, cfg = load_model(Path(checkpoint), device=device, cfg=cfg)
+    dataset = prepare_split(cfg, split, eval_transform(cfg), progress=progress)
+    metrics = evaluate(model, cfg, device=device, progress=progress, split=split, max_images=max_images,
+                       amp_dtype=autocast_dtype(cfg.train.amp, device), dataset=dataset)
+    if baselines:
+        metrics["baselines"] = compute_baselines(cfg, split=split, max_images=max_images)
+    return metrics, cfg
 
 
 def _jsonable(x):
@@ -153,7 +222,7 @@ def compute_baselines(cfg: Config, split: str = "val", max_images: int | None = 
     Returns ``{task: metrics}`` plus ``"constants"`` (the fitted values)."""
     tasks = cfg.data.task_list
     transform = build_transforms(train=False, size=None, multiple=1)
-    train = build_dataset(cfg.data.dataset, cfg.data.root, "train", tasks, transform)
+    train = prepare_split(cfg, "train", transform)
     depth_sum = depth_n = 0.0
     class_counts: dict[str, np.ndarray] = {}
     normal_sum = np.zeros(3)
@@ -185,7 +254,7 @@ def compute_baselines(cfg: Config, split: str = "val", max_images: int | None = 
     if "normals" in tasks:
         constants["normals"] = _best_constant_normal(normal_sum, np.concatenate(normal_samples)).tolist()
     meters = build_meters(cfg.data.dataset, tasks, edge=cfg.eval.edge, edge_workers=cfg.eval.edge_workers)
-    val = build_dataset(cfg.data.dataset, cfg.data.root, split, tasks, transform)
+    val = prepare_split(cfg, split, transform)
     n = len(val) if max_images is None else min(max_images, len(val))
     for i in range(n):
         s = val[i]

@@ -18,12 +18,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import BackboneConfig
+from ..errors import InputError
 
 __all__ = ["Backbone", "ViTBackbone", "HierarchicalBackbone", "build_backbone", "BackboneWeightsError",
            "read_state_dict"]
 
 
-class BackboneWeightsError(RuntimeError):
+class BackboneWeightsError(InputError):
     """Backbone weights could not be loaded (source unreachable, unreadable file, mismatched tensors)."""
 
 

@@ -208,6 +208,15 @@ def test_resume_below_the_runs_step_is_refused_without_touching_anything(run_cop
     assert metrics["step"] == 4 and metrics["depth"]["rmse"] > 0
 
 
+def test_resume_of_a_run_killed_before_its_metrics_write_writes_them(run_copy, dataset, capsys):
+    old = json.loads((run_copy / "metrics.json").read_text())
+    (run_copy / "metrics.json").unlink()
+    rc, out, err = run(capsys, train_args(run_copy, dataset, "--resume", train__iterations=4))
+    assert rc == 0, err
+    new = json.loads((run_copy / "metrics.json").read_text())
+    assert new["step"] == 4 and new["depth"] == old["depth"] and new["semseg"] == old["semseg"]
+
+
 def test_resume_extends_a_run(run_copy, dataset, capsys):
     rc, out, err = run(capsys, train_args(run_copy, dataset, "--resume", train__iterations=6))
     assert rc == 0, err
@@ -311,6 +320,22 @@ def test_a_sample_failing_in_a_worker_is_one_line_not_a_worker_traceback(data, t
         assert "corrupt or truncated image" in message and str(data / "images") in message
     finally:
         trainer.close()
+
+
+def test_an_evaluation_sample_failing_in_a_worker_is_one_line(finished_run, data):
+    from pamm.config import override_config
+    from pamm.data import DatasetError
+    from pamm.engine.checkpoint import load_model
+    from pamm.engine.evaluator import eval_transform, evaluate
+    from pamm.engine.loading import prepare_split
+
+    model, cfg = load_model(finished_run / "checkpoints" / "best.safetensors")
+    cfg = override_config(cfg, {"data.root": str(data), "data.workers": 2, "eval.batch_size": 1})
+    val = prepare_split(cfg, "val", eval_transform(cfg))
+    victim = _truncate_image(data, _first_ids(data, "val")[0])  # after the validation
+    with pytest.raises(DatasetError) as info:
+        evaluate(model, cfg, dataset=val)
+    assert "\n" not in str(info.value) and str(victim) in str(info.value) and "Traceback" not in str(info.value)
 
 
 def test_on_error_skip_replaces_a_sample_that_fails_at_load_time(data, tmp_path):

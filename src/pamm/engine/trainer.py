@@ -352,14 +352,17 @@ class Trainer:
 
     def _check_resume_step(self) -> None:
         """Refuse, before anything is built or written, a resume whose run is past ``train.iterations``."""
-        error = step = None
+        error = None
         if self.dist.is_main:
-            _, extra = read_checkpoint_metadata(self._resume_from[0])
-            step = int(extra.get("step", 0))
-            if step > self.cfg.train.iterations:
-                error = InputError(f"--resume: the run in {self.run_dir} is at step {step}, beyond train.iterations="
-                                   f"{self.cfg.train.iterations}; nothing was changed (set train.iterations to "
-                                   f"{step} or more to continue it)")
+            try:
+                _, extra = read_checkpoint_metadata(self._resume_from[0])
+                step = int(extra.get("step", 0))
+                if step > self.cfg.train.iterations:
+                    error = InputError(f"--resume: the run in {self.run_dir} is at step {step}, beyond "
+                                       f"train.iterations={self.cfg.train.iterations}; nothing was changed (set "
+                                       f"train.iterations to {step} or more to continue it)")
+            except Exception as e:  # noqa: BLE001 - handed to the other processes, then raised
+                error = e
         error = broadcast_object(error)
         if error is not None:
             raise error
@@ -651,11 +654,12 @@ class Trainer:
         name = signal.Signals(signum).name
         if self._steps_done == 0 and not pending_eval and not self.resume:
             raise Interrupted(f"{name} received before the first step; nothing was written", signum)
-        if self._saved_step != self.step or pending_eval:
+        written = self._saved_step != self.step or pending_eval
+        if written:
             self.save_checkpoint(pending_eval=pending_eval)
         weights, _ = checkpoint_paths(self.run_dir, self.step)
         message = (f"{name} received: stopped at step {self.step} of {self.cfg.train.iterations}; checkpoint "
-                   f"{weights} written")
+                   f"{weights} {'written' if written else 'already there'}")
         self.log(message, console=False)
         raise Interrupted(message, signum)
 
@@ -767,6 +771,8 @@ class Trainer:
             if self._stopping:
                 self._interrupt()
             tic = time.perf_counter()
+        if not metrics:  # resumed at the last step from a checkpoint without the final evaluation's metrics
+            metrics = self.evaluate(final=True)
         return metrics
 
     def _evaluate_and_checkpoint(self, last: bool) -> dict:

@@ -454,7 +454,7 @@ def _synth_cli(out: Path, *args: str, runner: list[str] = PAMM) -> subprocess.Co
 def _one_line_error(result: subprocess.CompletedProcess) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("pamm data: error: ") and "Traceback" not in result.stderr
+    assert lines[0].startswith("pamm data synth: error: ") and "Traceback" not in result.stderr
     return lines[0]
 
 

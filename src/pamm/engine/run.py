@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import InputError, ResourceError, describe_os_error
+from ..fs import _pid_alive  # the one "is this process of this host alive" check (shared with StagedFolder)
 from .checkpoint import CheckpointError, load_state, load_weights
 
 __all__ = ["RunLock", "RunLocked", "checkpoint_paths", "checkpoint_steps", "find_resume_checkpoint",
@@ -107,16 +108,6 @@ def best_checkpoint(run_dir: str | os.PathLike, log: Callable[[str], None] = _wa
 
 class RunLocked(ResourceError):
     """The run folder is in use by a live process (exit status 3)."""
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 class RunLock:

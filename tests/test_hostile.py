@@ -696,6 +696,37 @@ def test_exit_codes_of_each_kind_of_failure(dataset, tmp_path, capsys, monkeypat
     assert rc == 2 and "does not exist" in one_line_error(err, "evaluate")
 
 
+def test_out_of_memory_and_killed_workers_are_resource_errors_in_one_line():
+    from pamm.engine.loading import next_batch
+
+    class OutOfMemoryError(RuntimeError):  # what torch raises, told by name
+        pass
+
+    oom = OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.1 GiB "
+                           "of which 1.2 GiB is free.\nOf the allocated memory 70 GiB is allocated by PyTorch ...")
+    assert errors.exit_code(oom) == errors.EXIT_RESOURCE
+    line = errors.describe(oom)
+    assert line.startswith("CUDA out of memory. Tried to allocate 2.00 GiB. Lower train.batch_size")
+    assert "\n" not in line
+
+    def dead(message):
+        def batches():
+            raise RuntimeError(message)
+            yield
+
+        return batches()
+
+    for message, hint in [("DataLoader worker (pid 4242) is killed by signal: Bus error. It is possible that "
+                           "dataloader's workers are out of shared memory. Please try to raise your shared memory "
+                           "limit.", "enlarge /dev/shm"),
+                          ("DataLoader worker (pid(s) 4242) exited unexpectedly", "lower data.workers")]:
+        with pytest.raises(errors.ResourceError) as info:
+            next_batch(dead(message))
+        assert "DataLoader worker (pid" in str(info.value) and hint in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(RuntimeError, match="something else"):
+        next_batch(dead("something else"))
+
+
 def test_readme_documents_the_exit_codes_of_pamm_errors():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     section = readme[readme.index("### Exit statuses"):]

@@ -8,7 +8,8 @@ Exit statuses (one scheme for every sub-command, documented in the README):
 2      a usage or input error the user can fix: a bad argument, config key, dataset, image or checkpoint
        (also ``data check`` finding problems and ``predict`` with inputs that failed); one line names the
        file or key and what was expected
-3      a resource or environment error: disk full, permission denied, a run folder locked by a live process
+3      a resource or environment error: disk full, out of (GPU) memory, permission denied, a run folder locked by a
+       live process, a DataLoader worker killed (out of memory or shared memory)
 130    interrupted by SIGINT (Ctrl-C); 143 terminated by SIGTERM
 =====  ================================================================================================
 
@@ -91,11 +92,23 @@ def describe_os_error(e: OSError, path: object | None = None) -> str:
     return f"{where}: {reason}" if where is not None else reason
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """An accelerator library's out-of-memory error (``torch.OutOfMemoryError``), told by its class name so that this
+    module needs no such library."""
+    return type(e).__name__ == "OutOfMemoryError"
+
+
 def describe(e: BaseException) -> str:
-    """The message of ``e`` for the user: an ``OSError`` of the system as :func:`describe_os_error` words it, any
-    other error as its own message."""
+    """The message of ``e`` for the user, one line: an ``OSError`` of the system as :func:`describe_os_error` words
+    it, an accelerator's out-of-memory error by its first sentence and what to lower, any other error as its own
+    message."""
     if isinstance(e, OSError) and not isinstance(e, PammError) and e.strerror:
         return describe_os_error(e)
+    if _out_of_memory(e):
+        text = " ".join(str(e).split())
+        first = text.split(" (GPU ")[0].split(" GPU ")[0].rstrip(".")
+        return (f"{first}. Lower train.batch_size (eval.batch_size for evaluations), or recompute activations "
+                f"(runtime.activation_checkpointing: [backbone, stages])")
     return str(e) or type(e).__name__
 
 
@@ -109,7 +122,7 @@ def exit_code(e: BaseException) -> int:
         return e.exit_status
     if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError)):
         return EXIT_INPUT
-    if isinstance(e, MemoryError):
+    if isinstance(e, MemoryError) or _out_of_memory(e):
         return EXIT_RESOURCE
     if isinstance(e, OSError):
         return EXIT_RESOURCE if e.errno in _RESOURCE_ERRNOS or e.errno is None else EXIT_INPUT

@@ -202,7 +202,7 @@ def _signature(layout: Layout, paths: dict[str, Path]) -> str | None:
             stat = os.stat(paths[kind])
         except OSError:
             return None
-        parts.append([kind, str(Path(paths[kind]).resolve()), stat.st_size, stat.st_mtime_ns])
+        parts.append([kind, os.path.abspath(paths[kind]), stat.st_size, stat.st_mtime_ns])
     return hashlib.sha1(json.dumps(parts).encode()).hexdigest()
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 
 from ..config import Config
 from ..data import DatasetError, FailedSample, MultiTaskDataset, build_dataset, validate_dataset
+from ..errors import ResourceError
 from .distributed import DistInfo, broadcast_object
 
 __all__ = ["prepare_split", "worker_init", "next_batch", "shutdown_workers"]
@@ -78,8 +79,18 @@ def shutdown_workers(batches) -> None:
 
 def next_batch(batches: Iterator) -> dict:
     """The next batch of a DataLoader over a :class:`~pamm.data.LoadGuard`-wrapped dataset, raising a failed
-    sample's one-line :class:`~pamm.data.DatasetError`."""
-    batch = next(batches)
+    sample's one-line :class:`~pamm.data.DatasetError`, and a worker killed by the system (out of memory, or of
+    shared memory in a container) as a one-line :class:`~pamm.errors.ResourceError`."""
+    try:
+        batch = next(batches)
+    except RuntimeError as e:
+        text = str(e)
+        if "DataLoader worker" not in text or not ("killed by signal" in text or "exited unexpectedly" in text):
+            raise
+        first = text.strip().splitlines()[0].rstrip(".")
+        hint = ("enlarge /dev/shm (docker run --shm-size) or set data.workers=0" if "shared memory" in text
+                else "it was probably out of memory: lower data.workers or train.batch_size")
+        raise ResourceError(f"{first}; {hint}") from None
     if isinstance(batch, FailedSample):
         batch.reraise()
     return batch

@@ -422,10 +422,11 @@ class Trainer:
 
     def _restore(self) -> None:
         weights, state_path = self._resume_from
-        tensors, stored_cfg, _ = load_weights(weights)
+        # verified by the main process when it chose them (under the run's lock): read without hashing again
+        tensors, stored_cfg, _ = load_weights(weights, verify=False)
         check_state_dict_fits(self.model, tensors, f"checkpoint {weights}", stored_cfg, self.cfg)
         self.model.load_state_dict(tensors)
-        state = load_state(state_path)
+        state = load_state(state_path, verify=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and "scaler" in state:

@@ -208,6 +208,18 @@ def test_resume_below_the_runs_step_is_refused_without_touching_anything(run_cop
     assert metrics["step"] == 4 and metrics["depth"]["rmse"] > 0
 
 
+def test_resume_removes_temporaries_of_writes_a_killed_run_left(run_copy, dataset, capsys):
+    leftovers = [run_copy / "checkpoints" / ".step-0000006.state.pt.k2j4h.tmp",
+                 run_copy / "checkpoints" / ".best.safetensors.a8d9.tmp", run_copy / ".metrics.json.x1.tmp"]
+    for p in leftovers:
+        p.write_bytes(b"partial")
+    mine = run_copy / "checkpoints" / ".my-notes.tmp"  # not a name pamm writes: left alone
+    mine.write_text("keep")
+    rc, _, err = run(capsys, train_args(run_copy, dataset, "--resume", train__iterations=4))
+    assert rc == 0 and "removed 3 temporary file(s) left by an interrupted write" in err
+    assert not any(p.exists() for p in leftovers) and mine.read_text() == "keep"
+
+
 def test_resume_of_a_run_killed_before_its_metrics_write_writes_them(run_copy, dataset, capsys):
     old = json.loads((run_copy / "metrics.json").read_text())
     (run_copy / "metrics.json").unlink()

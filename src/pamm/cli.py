@@ -99,7 +99,7 @@ def cmd_train(args) -> int:
     except Interrupted as e:
         if trainer.dist.is_main:
             print(f"pamm train: {e}", file=sys.stderr)
-            if "nothing was written" not in str(e):
+            if e.resumable:
                 print(f"resume with: {_resume_command(args.argv)}", file=sys.stderr)
         return e.exit_status
     if trainer.dist.is_main:

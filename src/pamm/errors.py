@@ -68,12 +68,13 @@ class ResourceError(PammError, OSError):
 
 
 class Interrupted(PammError):
-    """Work stopped on a signal (SIGINT or SIGTERM) after saving what it could; ``signal`` is the signal number and
-    the message says what was kept and how to continue."""
+    """Work stopped on a signal (SIGINT or SIGTERM) after saving what it could; ``signal`` is the signal number, the
+    message says what was kept, and ``resumable`` whether there is something to continue from."""
 
-    def __init__(self, message: str, signum: int):
+    def __init__(self, message: str, signum: int, resumable: bool = True):
         super().__init__(message)
         self.signal = signum
+        self.resumable = resumable
         self.exit_status = EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
 
 

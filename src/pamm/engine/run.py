@@ -24,6 +24,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -35,7 +36,7 @@ from ..fs import _pid_alive  # the one "is this process of this host alive" chec
 from .checkpoint import CheckpointError, load_state, load_weights
 
 __all__ = ["RunLock", "RunLocked", "checkpoint_paths", "checkpoint_steps", "find_resume_checkpoint",
-           "best_checkpoint", "LOCK_NAME"]
+           "best_checkpoint", "remove_leftover_temporaries", "LOCK_NAME"]
 
 LOCK_NAME = ".pamm.lock"
 
@@ -53,6 +54,24 @@ def checkpoint_steps(run_dir: str | os.PathLike) -> list[int]:
         with contextlib.suppress(ValueError):
             steps.append(int(p.name[5:-12]))
     return sorted(steps, reverse=True)
+
+
+_TEMPORARY = re.compile(r"^\.(step-\d{7}\.safetensors|step-\d{7}\.state\.pt|best\.safetensors|metrics\.json|"
+                        r"config\.yaml)\..+\.tmp$")
+
+
+def remove_leftover_temporaries(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of writes that a killed process left in ``run_dir`` (a checkpoint's can be
+    gigabytes). Call it only while holding the run's lock: no live pamm process is writing there then."""
+    removed = []
+    for folder in (Path(run_dir), Path(run_dir) / "checkpoints"):
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if _TEMPORARY.match(p.name) and p.is_file():
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+                        removed.append(p)
+    return removed
 
 
 def _warn(message: str) -> None:

@@ -70,7 +70,7 @@ from .distributed import (
 )
 from .evaluator import EvaluationStopped, autocast_dtype, eval_transform, evaluate, write_metrics
 from .loading import next_batch, prepare_split, shutdown_workers, worker_init
-from .run import RunLock, checkpoint_paths, checkpoint_steps, find_resume_checkpoint
+from .run import RunLock, checkpoint_paths, checkpoint_steps, find_resume_checkpoint, remove_leftover_temporaries
 
 __all__ = ["Trainer", "TrainingStopped", "poly_lr", "EpochSampler", "weight_decay_groups"]
 
@@ -280,6 +280,9 @@ class Trainer:
         lock = RunLock(run, command)
         lock.acquire()
         self._lock = lock
+        leftovers = remove_leftover_temporaries(run)
+        if leftovers:
+            self.warn(f"note: removed {len(leftovers)} temporary file(s) left by an interrupted write in {run}")
         if self.resume:
             found = find_resume_checkpoint(run, self.warn)
             if found is None:
@@ -654,7 +657,7 @@ class Trainer:
         signum = self._agreed_signal or self._signal
         name = signal.Signals(signum).name
         if self._steps_done == 0 and not pending_eval and not self.resume:
-            raise Interrupted(f"{name} received before the first step; nothing was written", signum)
+            raise Interrupted(f"{name} received before the first step; nothing was written", signum, resumable=False)
         written = self._saved_step != self.step or pending_eval
         if written:
             self.save_checkpoint(pending_eval=pending_eval)

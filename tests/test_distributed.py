@@ -135,3 +135,37 @@ def test_torchrun_training_with_eval_and_checkpoint_at_the_last_step_exits_promp
     assert checkpoint_steps(out) == [4, 2] and (out / "checkpoints" / "best.safetensors").exists()
     assert not (out / ".pamm.lock").exists()
     print(f"\ntorchrun end-to-end: {seconds:.1f} s wall\n" + "\n".join(timings))
+
+
+def test_sigterm_to_torchrun_stops_every_process_at_the_same_step_with_a_checkpoint(tiny_nyud, tmp_path):
+    """torchrun forwards SIGTERM to its processes; they agree on the step to stop at (a signal seen by one process
+    reaches the others through the step's all-reduce), write one checkpoint together (its RNG states gathered from
+    both) and exit with 143 instead of hanging in mismatched collectives. About 30 s: two processes start and train a
+    few steps."""
+    import signal
+    import time
+
+    from pamm.engine.checkpoint import load_state
+
+    out = tmp_path / "run"
+    sets = [*_overrides(tiny_nyud, 2), "train.iterations=40", "train.log_every=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PAMM_CACHE_DIR": str(tmp_path / "cache")}
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                 "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "pamm",
+                                 "train", "--config", "demo", "--out", str(out), "--quiet",
+                                 *[x for s in sets for x in ("--set", s)]],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = out / "train.log"
+    deadline = time.time() + 300
+    while launcher.poll() is None and time.time() < deadline and "step 2/40" not in (
+            log.read_text() if log.exists() else ""):
+        time.sleep(0.2)
+    launcher.send_signal(signal.SIGTERM)
+    _, stderr = launcher.communicate(timeout=120)
+    text = log.read_text()
+    assert text.count(" received: stopped at step ") == 1, stderr[-3000:]
+    step = int(text.split("SIGTERM received: stopped at step ")[1].split()[0])
+    assert 2 <= step < 40
+    assert "resume with: torchrun --nproc_per_node 2 -m pamm train " in stderr
+    state = load_state(out / "checkpoints" / f"step-{step:07d}.state.pt")
+    assert state["step"] == step and len(state["rng"]) == 2

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import pamm
-from pamm.convert import (
+from pamm.interop.convert import (
     ConversionError,
     TensorSpec,
     convert_official,

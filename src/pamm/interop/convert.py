@@ -57,8 +57,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .config import Config, load_config
-from .tasks import DATASETS
+from ..config import Config, load_config
+from ..tasks import DATASETS
 
 __all__ = [
     "ConversionError", "ConversionReport", "ConversionPlan", "Placement", "TensorSpec", "convert_official",
@@ -501,7 +501,7 @@ def detect_preset(names: Iterable[str], shapes: Mapping[str, tuple[int, ...]]) -
 def model_tensor_specs(cfg: Config) -> tuple[dict[str, TensorSpec], list[str]]:
     """Names, shapes and dtypes of every tensor of the model of ``cfg`` (built on the meta device: no memory),
     and the model's task order."""
-    from .models import build_model
+    from ..models import build_model
 
     with torch.device("meta"):
         model = build_model(cfg, load_backbone_weights=False)
@@ -551,7 +551,7 @@ def convert_official(src: str | Path, dst: str | Path, preset: str | None = None
         ConversionError: unreadable or unsafe source, ``dst`` exists, unknown preset, or any official tensor
             unmapped / mis-shaped / any tensor of ours not provided (all listed).
     """
-    from .engine.checkpoint import save_weights
+    from ..engine.checkpoint import save_weights
 
     src, dst = Path(src), Path(dst)
     if dst.exists() and not overwrite:

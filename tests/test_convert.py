@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import pamm
+from pamm.engine.checkpoint import load_model, load_weights
 from pamm.interop.convert import (
     ConversionError,
     TensorSpec,
@@ -19,7 +20,6 @@ from pamm.interop.convert import (
     model_tensor_specs,
     plan_conversion,
 )
-from pamm.engine.checkpoint import load_model, load_weights
 from pamm.tasks import DATASETS
 
 from conftest import TINY

@@ -16,8 +16,10 @@ orders (Hilbert curves) are computed for one token grid. The batch is fixed too,
 The selective scan is exported through its pure-PyTorch backend (``runtime.scan_backend = "reference"``, set on a
 copy of the model): no Triton or Numba kernel reaches the exporter. The exporter is PyTorch's ``torch.export``-based
 one (``torch.onnx.export(..., dynamo=True)``, which needs ``onnxscript``), writing ONNX opset :data:`ONNX_OPSET`
-(ONNX Runtime >= 1.14, TensorRT >= 8.6). The file carries its metadata (``metadata_props``: tasks, head sizes, class
-names, normalisation, stride, size, outputs) and is written atomically. After writing, the file is run in ONNX
+(ONNX Runtime >= 1.14, TensorRT >= 8.6), without onnxscript's graph optimiser (it made the export 3-5 times slower
+here; ONNX Runtime folds constants itself when it loads the file). The file carries its metadata
+(``metadata_props``: tasks, head sizes, class names, normalisation, stride, size, outputs) and is written
+atomically. After writing, the file is run in ONNX
 Runtime on the CPU (when installed) on a random image and compared with PyTorch; the largest relative difference of
 each output is reported.
 """
@@ -249,7 +251,7 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, size: tuple[int, in
     tasks = list(graph.tasks)
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         program = torch.onnx.export(graph, (image,), dynamo=True, opset_version=opset, input_names=["image"],
-                                    output_names=tasks, dynamic_shapes=dynamic_shapes, optimize=True,
+                                    output_names=tasks, dynamic_shapes=dynamic_shapes, optimize=False,
                                     verbose=False)
     program.model.metadata_props.update(_metadata(copy_, size, postprocess))
     program.model.doc_string = (f"PAMM ({', '.join(tasks)}; {copy_.meta.dataset}) exported by pamm; see "

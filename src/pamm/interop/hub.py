@@ -30,7 +30,7 @@ import torch
 
 from ..config import Config, RuntimeConfig, config_from_checkpoint, config_to_dict
 from ..errors import InputError
-from ..models.pretrained import CONFIG_FILE, WEIGHTS_FILE, is_pretrained_folder
+from ..models.pretrained import CONFIG_FILE, WEIGHTS_FILE
 
 __all__ = ["TrainedModel", "load_trained", "run_checkpoint", "model_card_kwargs", "export_pretrained",
            "looks_like_hub_id", "SOURCE_HELP"]  # fmt: skip
@@ -165,7 +165,8 @@ def _scalar_metrics(metrics: dict[str, Any] | None, tasks) -> dict[str, dict[str
     for task in tasks:
         values = (metrics or {}).get(task)
         if isinstance(values, dict):
-            scalars = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            scalars = {k: float(v) for k, v in values.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
             if scalars:
                 out[task] = scalars
     return out
@@ -211,8 +212,9 @@ def model_card_kwargs(trained: TrainedModel, *, name: str | None = None, license
         card_data["model_name"] = name or (cfg.name if cfg is not None else "PAMM")
     report = trained.extra.get("report") if trained.extra else None
     if report:
+        original = trained.extra.get("converted_from", {}).get("file")
         lines += ["## Provenance", "",
-                  f"Converted from the authors' released checkpoint `{trained.extra.get('converted_from', {}).get('file')}` "
+                  f"Converted from the authors' released checkpoint `{original}` "
                   f"with `pamm convert-official` ({report.get('mapped_tensors')} tensors mapped, "
                   f"{report.get('dropped_tensors')} of the dead x-branch dropped). The released checkpoints do not "
                   f"contain A_log, D and the B/C task priors (the released code never registers them): A_log and D "

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 
-from ..config import ConfigError, ModelConfig, RuntimeConfig, config_from_checkpoint, config_to_dict
+from ..config import ConfigError, RuntimeConfig, config_from_checkpoint, config_to_dict
 from ..errors import InputError, ResourceError
 
 __all__ = ["PretrainedMixin", "PRETRAINED_FORMAT", "CONFIG_FILE", "WEIGHTS_FILE", "CARD_FILE", "file_sha256",
@@ -130,7 +130,7 @@ def _hub_error(source: str, e: Exception) -> Exception:
         return InputError(f"{source}: no such folder, and no such model on the Hub (or it is private: log in with "
                           f"`hf auth login`)")
     if isinstance(e, errors.RemoteEntryNotFoundError):
-        return InputError(f"{source}: the Hub repository lacks a file of a pamm pretrained model ({e.__class__.__name__})")
+        return InputError(f"{source}: the Hub repository lacks a file of a pamm pretrained model")
     if isinstance(e, errors.LocalEntryNotFoundError):
         where = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
         return InputError(f"{source}: no such folder, and no cached copy of this Hub model ({where}; cache: "

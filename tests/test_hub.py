@@ -22,9 +22,9 @@ from pamm.errors import InputError
 from pamm.interop.hub import export_pretrained, load_trained
 from pamm.models import PAMM
 from pamm.models.pretrained import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, file_sha256
+from test_convert import tiny_official  # noqa: F401 - the synthesised official checkpoint fixture
 
 from conftest import tiny_config
-from test_convert import tiny_official  # noqa: F401 - the synthesised official checkpoint fixture
 
 
 @pytest.fixture(scope="module")
@@ -305,8 +305,9 @@ def test_push_to_hub_uploads_a_verified_pretrained_folder(tiny, tmp_path, monkey
 def test_convert_official_writes_a_pretrained_folder(tiny_official, tmp_path, capsys):  # noqa: F811
     src, _ = tiny_official
     out = tmp_path / "converted"
-    from conftest import TINY
     from pamm.interop.convert import convert_official
+
+    from conftest import TINY
 
     report = convert_official(src, out, overrides=TINY, prior_seed=7)
     assert report.prior_seed == 7

@@ -69,11 +69,11 @@ class OnnxGraph(nn.Module):
         super().__init__()
         self.model, self.postprocess = model, postprocess
         self.tasks = tuple(model.meta.tasks)
-        self.register_buffer("mean", torch.tensor(model.meta.mean, dtype=torch.float32).view(1, 3, 1, 1), False)
-        self.register_buffer("std", torch.tensor(model.meta.std, dtype=torch.float32).view(1, 3, 1, 1), False)
+        self.register_buffer("input_mean", torch.tensor(model.meta.mean, dtype=torch.float32).view(1, 3, 1, 1), False)
+        self.register_buffer("input_std", torch.tensor(model.meta.std, dtype=torch.float32).view(1, 3, 1, 1), False)
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
-        outputs = self.model((image - self.mean) / self.std)
+        outputs = self.model((image - self.input_mean) / self.input_std)
         if not self.postprocess:
             return tuple(outputs[t] for t in self.tasks)
         return tuple(postprocess(t, outputs[t]) for t in self.tasks)
@@ -249,10 +249,14 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, size: tuple[int, in
     if dynamic_batch:
         dynamic_shapes = {"image": {0: torch.export.Dim("batch", min=1, max=4096)}}
     tasks = list(graph.tasks)
+    with torch.no_grad():
+        reference = graph(image)  # also computes the scan orders, which are then constants of the graph
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         program = torch.onnx.export(graph, (image,), dynamo=True, opset_version=opset, input_names=["image"],
                                     output_names=tasks, dynamic_shapes=dynamic_shapes, optimize=False,
                                     verbose=False)
+    if dynamic_batch and isinstance(program.model.graph.inputs[0].shape[0], int):
+        raise RuntimeError("the exporter fixed the batch dimension although a dynamic batch was asked for")
     program.model.metadata_props.update(_metadata(copy_, size, postprocess))
     program.model.doc_string = (f"PAMM ({', '.join(tasks)}; {copy_.meta.dataset}) exported by pamm; see "
                                 f"metadata_props for inputs, outputs and normalisation")
@@ -268,8 +272,6 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, size: tuple[int, in
             return report
         session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         exported = session.run(tasks, {"image": image.numpy()})
-        with torch.no_grad():
-            reference = graph(image)
         report.max_relative_difference = compare_outputs(reference, exported, tasks)
         report.onnxruntime = onnxruntime.__version__
     return report

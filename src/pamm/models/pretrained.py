@@ -57,16 +57,13 @@ _CARD_TEMPLATE = """---
 ## How to load
 
 ```python
-import pamm
 from pamm.models import PAMM
 
-predictor = pamm.load("{{ source }}")  # a folder or a Hub id; images in, NumPy maps out
-result = predictor("photo.jpg")  # {task: map at the photo's size}
-model = PAMM.from_pretrained("{{ source }}")  # the nn.Module: normalised (b, 3, H, W) -> {task: raw outputs}
+model = PAMM.from_pretrained("{{ source }}")  # a folder or a Hub id, verified against config.json
+outputs = model(images)  # images (b, 3, H, W) normalised as below -> {task: raw outputs (b, K, H, W)}
 ```
 
-From the command line: `pamm predict --checkpoint {{ source }} photo.jpg --out preds/`;
-`pamm export --checkpoint {{ source }} --format onnx --out model.onnx` for ONNX Runtime.
+For ONNX Runtime: `pamm export --checkpoint {{ source }} --format onnx --out model.onnx`.
 
 ## Files
 

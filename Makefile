@@ -17,7 +17,7 @@ DEMO_SET ?=
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,demo]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,demo,export]"
 	touch $@
 
 install: $(VENV)/.installed

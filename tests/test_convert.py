@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import pamm
-from pamm.convert import (
+from pamm.engine.checkpoint import load_model, load_weights
+from pamm.interop.convert import (
     ConversionError,
     TensorSpec,
     convert_official,
@@ -19,7 +20,6 @@ from pamm.convert import (
     model_tensor_specs,
     plan_conversion,
 )
-from pamm.engine.checkpoint import load_model, load_weights
 from pamm.tasks import DATASETS
 
 from conftest import TINY

@@ -1,4 +1,4 @@
-"""The ``pamm`` command: ``data``, ``train``, ``evaluate``, ``predict``, ``convert-official``, ``config``.
+"""The ``pamm`` command: ``data``, ``train``, ``evaluate``, ``predict``, ``convert-official``, ``export``, ``config``.
 
 Exit statuses follow :mod:`pamm.errors`: 0 success; 1 an internal error (a bug: the traceback is printed); 2 an
 input or usage error the user can fix (one line naming the file or key and what was expected); 3 a resource or
@@ -159,8 +159,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from .convert import convert_official
     from .engine.checkpoint import identify_file
+    from .interop.convert import convert_official
 
     kind = identify_file(args.src)
     if kind in ("pamm-weights", "pamm-state"):
@@ -169,8 +169,38 @@ def cmd_convert(args) -> int:
                          f"conversion (load weights with `pamm evaluate --checkpoint` or `pamm predict`)")
     if kind == "folder":
         raise ValueError(f"{args.src} is a folder; expected the authors' checkpoint file (.pth)")
-    report = convert_official(Path(args.src), Path(args.dst), preset=args.preset, x_experts=args.x_experts)
+    report = convert_official(Path(args.src), Path(args.dst), preset=args.preset, x_experts=args.x_experts,
+                              prior_seed=args.prior_seed, overwrite=args.overwrite, format=args.format)
     print(report)
+    return 0
+
+
+# ---- export ----------------------------------------------------------------------------------------------
+
+
+def cmd_export(args) -> int:
+    from .errors import InputError
+    from .interop.export import FORMATS, check_output_path, export_onnx, parse_size
+
+    if args.format not in FORMATS:
+        raise InputError(f"unknown export format {args.format!r}; expected one of {', '.join(FORMATS)}")
+    out = Path(args.out)
+    if args.format == "pretrained":
+        from .interop.hub import export_pretrained
+
+        export_pretrained(args.checkpoint, out, overwrite=args.overwrite, name=args.name, license=args.license,
+                          hub_id=args.hub_id)
+        print(f"wrote the pretrained folder {out} (config.json, model.safetensors, README.md); load it with "
+              f"pamm.load({str(out)!r}) or PAMM.from_pretrained, share it with `hf upload ORG/NAME {out}`")
+        return 0
+    size = parse_size(args.size) if args.size else None
+    check_output_path(out, args.overwrite)  # before loading the model
+    from .interop.hub import load_trained
+
+    model = load_trained(args.checkpoint).model
+    report = export_onnx(model, out, size=size, batch_size=args.batch_size, dynamic_batch=args.dynamic_batch,
+                         postprocess=args.postprocess, overwrite=args.overwrite, check=not args.no_check)
+    print(report.summary())
     return 0
 
 
@@ -258,12 +288,45 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (default: see README)")
     pr.set_defaults(func=cmd_predict)
 
-    cv = sub.add_parser("convert-official", help="convert a checkpoint of the authors' code to a pamm checkpoint")
-    cv.add_argument("src")
-    cv.add_argument("dst")
+    cv = sub.add_parser("convert-official", help="convert a checkpoint of the authors' code to a pamm checkpoint "
+                        "or a pretrained folder")  # fmt: skip
+    cv.add_argument("src", help="the authors' checkpoint (.pth)")
+    cv.add_argument("dst", help="a weights file (.safetensors) or a pretrained folder (any other path)")
     cv.add_argument("--preset", choices=["nyud-vitl", "pascal-vitl"], default=None)
+    cv.add_argument("--format", choices=["auto", "checkpoint", "pretrained"], default="auto",
+                    help="checkpoint: one weights file; pretrained: a folder with config.json, model.safetensors and "
+                    "a model card (README.md), ready for the Hub; auto (default): checkpoint when DST ends in "
+                    ".safetensors, else pretrained")  # fmt: skip
+    cv.add_argument("--prior-seed", type=int, default=0,
+                    help="seed of the B/C task priors, which the released checkpoints lack (default 0; see the "
+                    "README on why no seed reproduces a released run)")  # fmt: skip
     cv.add_argument("--x-experts", action="store_true", help="keep the x-branch experts the released code discards")
+    cv.add_argument("--overwrite", action="store_true", help="replace DST (a pretrained folder only if it is one)")
     cv.set_defaults(func=cmd_convert)
+
+    ex = sub.add_parser(
+        "export", help="export a trained model to ONNX, or to a pretrained folder for the Hugging Face Hub",
+        description="Export a model: --format onnx writes an ONNX file (input image float32 (N, 3, H, W) RGB in "
+        "[0, 1], one output per task), checked in ONNX Runtime; --format pretrained writes a folder with "
+        "config.json, model.safetensors and a generated model card (README.md).",
+    )  # fmt: skip
+    ex.add_argument("--checkpoint", required=True, help="a weights file, a run folder (its best checkpoint), a "
+                    "pretrained folder or a Hub model id")  # fmt: skip
+    ex.add_argument("--format", default="onnx", help="onnx (default) or pretrained")
+    ex.add_argument("--out", required=True, help="the .onnx file, or the pretrained folder, to write")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing output (a folder only if it is a "
+                    "pretrained folder)")  # fmt: skip
+    ex.add_argument("--size", metavar="HxW", help="ONNX: input size, multiples of the backbone stride (default: the "
+                    "model's test size)")  # fmt: skip
+    ex.add_argument("--batch-size", type=int, default=1, help="ONNX: fixed batch size (default 1)")
+    ex.add_argument("--dynamic-batch", action="store_true", help="ONNX: any batch size")
+    ex.add_argument("--postprocess", action="store_true", help="ONNX: output class ids, metres, unit normals and "
+                    "probabilities instead of raw head outputs")  # fmt: skip
+    ex.add_argument("--no-check", action="store_true", help="ONNX: skip the ONNX Runtime comparison")
+    ex.add_argument("--name", help="pretrained: the model's name in the card")
+    ex.add_argument("--license", help="pretrained: licence of the weights in the card (default apache-2.0)")
+    ex.add_argument("--hub-id", help="pretrained: the Hub id the folder will have (used in the card's examples)")
+    ex.set_defaults(func=cmd_export)
 
     cf = sub.add_parser("config", help="list presets, or print a resolved config")
     cf.add_argument("name", nargs="?", help="preset or YAML file")

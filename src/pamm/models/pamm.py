@@ -16,6 +16,7 @@ from ..tasks import dataset_spec
 from .backbone import build_backbone
 from .heads import StageFusion, TaskHead
 from .pame import PAMEStage
+from .pretrained import PretrainedMixin
 from .shared import SharedStage
 
 __all__ = ["PAMM", "build_model", "IMAGENET_MEAN", "IMAGENET_STD", "ModelMeta"]
@@ -46,7 +47,7 @@ class ModelMeta:
     std: tuple[float, float, float] = IMAGENET_STD
 
 
-class PAMM(nn.Module):
+class PAMM(nn.Module, PretrainedMixin):
     """Parameter Aware Mamba Model.
 
     Args:
@@ -59,6 +60,9 @@ class PAMM(nn.Module):
     ``forward(images (b, 3, H, W))`` -> ``{task: (b, K_task, H, W)}`` raw head outputs (logits / values) at the
     input size; with ``return_routing=True`` also the routers' weights as a list of (b, E) tensors (one per
     router and task) for the load-balancing loss.
+
+    Pretrained folders and the Hugging Face Hub (:class:`~pamm.models.pretrained.PretrainedMixin`):
+    ``model.save_pretrained(folder)``, ``PAMM.from_pretrained(folder_or_hub_id)``, ``model.push_to_hub(repo_id)``.
 
     ``cfg.decoder == "shared"`` builds the shared-decoder baseline: :class:`SharedStage` instead of
     :class:`PAMEStage` (no selective scan, no routers), same fusion and heads.

@@ -15,7 +15,7 @@ model, so that the two can be compared on the same parameters:
   back; the directions summed.
 
 Our modules store per-task and per-expert weights stacked (task t's 1x1 projection is ``weight[t]``, expert e's
-down-projection rows ``[e*R, (e+1)*R)``); :mod:`pamm.convert` lists which slice holds which released tensor.
+down-projection rows ``[e*R, (e+1)*R)``); :mod:`pamm.interop.convert` lists which slice holds which released tensor.
 
 Used by ``tests/test_model.py`` (fused == reference in float64: outputs and every gradient) and by
 ``benchmarks/train_step.py`` (the authors' execution pattern, timed).

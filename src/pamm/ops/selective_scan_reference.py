@@ -41,6 +41,8 @@ def segment_length(batch: int, channels: int, state: int, length: int, autograd:
     """Positions per segment, a multiple of ``CHUNK``: as many as keep a segment's (batch, channels, S, state)
     tensors within ``SEGMENT_ELEMENTS`` (8x that without autograd), at least one chunk, at most the whole
     sequence."""
+    if isinstance(batch, torch.SymInt):  # a symbolic batch (ONNX export with a dynamic batch): plan for one sample
+        batch = 1
     batch, channels, state, length = int(batch), int(channels), int(state), int(length)  # ints also when traced
     budget = SEGMENT_ELEMENTS * (1 if autograd else 8)
     chunks = max(1, budget // (CHUNK * max(1, batch * channels * state)))

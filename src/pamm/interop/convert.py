@@ -57,13 +57,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .config import Config, load_config
-from .tasks import DATASETS
+from ..config import Config, load_config
+from ..models.pretrained import is_pretrained_folder
+from ..tasks import DATASETS
 
 __all__ = [
     "ConversionError", "ConversionReport", "ConversionPlan", "Placement", "TensorSpec", "convert_official",
     "plan_conversion", "read_official_checkpoint", "detect_preset", "model_tensor_specs", "DEFAULT_PRIOR_SEED",
+    "CONVERSION_FORMATS",
 ]  # fmt: skip
+
+CONVERSION_FORMATS = ("checkpoint", "pretrained")
+"""What :func:`convert_official` writes: a pamm weights file or a pretrained folder."""
 
 DEFAULT_PRIOR_SEED = 0
 """Seed of the generator that draws the B/C task priors the released checkpoints do not contain."""
@@ -501,7 +506,7 @@ def detect_preset(names: Iterable[str], shapes: Mapping[str, tuple[int, ...]]) -
 def model_tensor_specs(cfg: Config) -> tuple[dict[str, TensorSpec], list[str]]:
     """Names, shapes and dtypes of every tensor of the model of ``cfg`` (built on the meta device: no memory),
     and the model's task order."""
-    from .models import build_model
+    from ..models import build_model
 
     with torch.device("meta"):
         model = build_model(cfg, load_backbone_weights=False)
@@ -530,19 +535,23 @@ def _problems_error(path: Path, problems: list[str], preset: str, detected: str 
 
 def convert_official(src: str | Path, dst: str | Path, preset: str | None = None, *, x_experts: bool = False,
                      prior_seed: int = DEFAULT_PRIOR_SEED, overrides: Mapping[str, Any] | None = None,
-                     overwrite: bool = False) -> ConversionReport:
+                     overwrite: bool = False, format: str = "auto") -> ConversionReport:
     """Convert an official PAMM checkpoint into a pamm checkpoint loadable with
     :func:`pamm.engine.checkpoint.load_model`.
 
     Args:
         src: the authors' checkpoint (``.pth``, DDP-saved ``{"model": ..., "optimizer": ...}`` or a bare state
             dict); read with ``weights_only=True``.
-        dst: the pamm weights file to write (safetensors with the config in its metadata), written atomically.
+        dst: what to write, atomically: a pamm weights file (safetensors with the config in its metadata) or a
+            pretrained folder (config.json, model.safetensors, README.md with a model card: shareable on the Hub,
+            loadable with ``PAMM.from_pretrained`` / ``pamm.load``), see ``format``.
         preset: ``nyud-vitl`` or ``pascal-vitl``; detected from the heads when None.
         x_experts: keep the dead x-branch experts as ``stages.*.x_experts`` (sets ``model.x_experts: true``).
         prior_seed: seed for the B/C task priors, which the official checkpoints lack.
         overrides: config overrides (dotted keys) on top of the preset, for checkpoints of non-default settings.
-        overwrite: replace ``dst`` if it exists.
+        overwrite: replace ``dst`` if it exists (a pretrained folder only: never another folder).
+        format: ``"checkpoint"`` (a weights file), ``"pretrained"`` (a folder) or ``"auto"``: a weights file when
+            ``dst`` ends in ``.safetensors``, else a pretrained folder.
 
     Returns:
         the :class:`ConversionReport` (also stored in the checkpoint's extra metadata).
@@ -551,13 +560,23 @@ def convert_official(src: str | Path, dst: str | Path, preset: str | None = None
         ConversionError: unreadable or unsafe source, ``dst`` exists, unknown preset, or any official tensor
             unmapped / mis-shaped / any tensor of ours not provided (all listed).
     """
-    from .engine.checkpoint import save_weights
+    from ..engine.checkpoint import save_weights
 
     src, dst = Path(src), Path(dst)
-    if dst.exists() and not overwrite:
-        raise ConversionError(f"destination {dst} exists; choose another path or allow overwriting")
-    if dst.exists() and dst.is_dir():
-        raise ConversionError(f"destination {dst} is a directory; expected a weights file path")
+    if format == "auto":
+        format = "checkpoint" if dst.suffix == ".safetensors" else "pretrained"
+    if format not in CONVERSION_FORMATS:
+        raise ConversionError(f"unknown output format {format!r}; expected one of {list(CONVERSION_FORMATS)}")
+    if format == "checkpoint" and dst.exists() and dst.is_dir():
+        raise ConversionError(f"destination {dst} is a directory; expected a weights file path (or --format "
+                              f"pretrained for a pretrained folder)")
+    if dst.exists() and not overwrite and (format == "checkpoint" or not dst.is_dir() or any(dst.iterdir())):
+        raise ConversionError(f"destination {dst} exists; choose another path or allow overwriting (--overwrite)")
+    if format == "pretrained" and dst.exists() and not dst.is_dir():
+        raise ConversionError(f"destination {dst} is a file; a pretrained folder is written with --format pretrained")
+    if format == "pretrained" and overwrite and dst.is_dir() and any(dst.iterdir()) and not is_pretrained_folder(dst):
+        raise ConversionError(f"destination {dst} is a folder that is not a pamm pretrained folder; it is never "
+                              f"replaced, even with overwrite")
     if dst.resolve() == src.resolve():
         raise ConversionError(f"destination {dst} is the source file")
     official, ignored = read_official_checkpoint(src)
@@ -615,6 +634,18 @@ def convert_official(src: str | Path, dst: str | Path, preset: str | None = None
         class_token_values=class_token_values, cast_tensors=int(cast), initialised=list(plan.initialised),
         ignored_entries=ignored,
     )
-    save_weights(dst, state, cfg, extra={"converted_from": {"file": src.name, "bytes": src.stat().st_size},
-                                         "report": report.to_dict()})
+    extra = {"converted_from": {"file": src.name, "bytes": src.stat().st_size}, "report": report.to_dict()}
+    if format == "checkpoint":
+        save_weights(dst, state, cfg, extra=extra)
+        return report
+    from ..models import build_model
+    from .hub import TrainedModel, model_card_kwargs
+
+    model = build_model(cfg, load_backbone_weights=False)
+    model.load_state_dict(state)
+    del state
+    trained = TrainedModel(model.eval(), "weights", str(src), src, experiment=cfg, extra=extra)
+    model.save_pretrained(dst, config=cfg, overwrite=overwrite,
+                          model_card_kwargs=model_card_kwargs(trained, name=f"PAMM {preset} (converted)",
+                                                              source_name=str(dst)))
     return report

@@ -286,8 +286,8 @@ def test_image_modes_are_converted_to_rgb(nyud_root):
 
     write_png(path, gray)  # grayscale → replicated
     np.testing.assert_array_equal(loaded(), np.repeat(gray[:, :, None], 3, axis=2))
-    write_png(path, np.dstack([rgb, np.full((HEIGHT, WIDTH), 7, np.uint8)]))  # RGBA → alpha dropped
-    np.testing.assert_array_equal(loaded(), rgb)
+    write_png(path, np.dstack([rgb, np.full((HEIGHT, WIDTH), 7, np.uint8)]))  # RGBA → composited over white
+    np.testing.assert_array_equal(loaded(), np.rint(rgb * (7 / 255) + 255 * (1 - 7 / 255)).astype(np.uint8))
     Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=256).save(path)  # palette → colours
     palette_rgb = np.asarray(Image.open(path).convert("RGB"))
     np.testing.assert_array_equal(loaded(), palette_rgb)

@@ -4,7 +4,7 @@ from .config import Config, ConfigError, load_config, preset_names
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "ConfigError", "load_config", "preset_names", "build_model", "__version__"]
+__all__ = ["Config", "ConfigError", "load_config", "preset_names", "build_model", "load", "__version__"]
 
 
 def build_model(cfg: Config, load_backbone_weights: bool = True):
@@ -12,3 +12,12 @@ def build_model(cfg: Config, load_backbone_weights: bool = True):
     from .models import build_model as _build
 
     return _build(cfg, load_backbone_weights=load_backbone_weights)
+
+
+def __getattr__(name: str):
+    """``pamm.load`` (:func:`pamm.inference.load`), imported on first use so that ``import pamm`` stays light."""
+    if name == "load":
+        from .inference import load
+
+        return load
+    raise AttributeError(f"module 'pamm' has no attribute {name!r}")

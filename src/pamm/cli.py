@@ -143,18 +143,65 @@ def cmd_evaluate(args) -> int:
 # ---- predict / convert -----------------------------------------------------------------------------------
 
 
-def cmd_predict(args) -> int:
-    from .engine.predictor import PredictionFailed, predict
-
+def _positive_int(text: str) -> int:
     try:
-        written = predict(Path(args.checkpoint), [Path(p) for p in args.images], Path(args.out), device=args.device,
-                          resize=args.resize, max_pixels=args.max_pixels)
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def _scale(text: str) -> float | None:
+    if text == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive factor like 1 or 0.5, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1) like 0.33, got {text!r}")
+    return value
+
+
+def _task_list(text: str) -> list[str]:
+    tasks = [t.strip() for t in text.split(",") if t.strip()]
+    if not tasks:
+        raise argparse.ArgumentTypeError(f"expected task names separated by commas, like semseg,depth; got {text!r}")
+    return tasks
+
+
+def cmd_predict(args) -> int:
+    from .engine.predictor import DEFAULT_OVERLAP
+    from .inference import DEFAULT_MAX_PIXELS, load
+    from .predict_files import PredictionFailed, find_inputs, predict_files
+
+    inputs = find_inputs(args.inputs)
+    predictor = load(args.checkpoint, device=args.device, mode=args.mode, scale=args.scale,
+                     overlap=DEFAULT_OVERLAP if args.overlap is None else args.overlap, batch_size=args.batch_size,
+                     max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, resize=args.resize)
+    try:
+        report = predict_files(predictor, inputs, args.out, tasks=args.tasks, panel=not args.no_panel,
+                               overwrite=args.overwrite, progress=not args.quiet)
     except PredictionFailed as e:
-        for path, message in e.failures:
-            print(f"pamm predict: error: {path}: {message}", file=sys.stderr)
-        print(f"wrote {len(e.written)} file(s) to {args.out}; {len(e.failures)} image(s) failed", file=sys.stderr)
-        return 1
-    print(f"wrote {len(written)} file(s) to {args.out}")
+        for _, message in e.report.failures:
+            print(f"pamm predict: error: {message}", file=sys.stderr)
+        print(f"wrote {len(e.report.written)} file(s) to {args.out}; {len(e.report.failures)} of {len(inputs)} "
+              f"input(s) failed", file=sys.stderr)
+        return 2
+    videos = f" and {report.videos} video(s) ({report.frames} frames)" if report.videos else ""
+    print(f"wrote {len(report.written)} file(s) for {report.images} image(s){videos} to {args.out}")
     return 0
 
 
@@ -279,13 +326,31 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
-    pr = sub.add_parser("predict", help="predict every task for images, write PNG panels and raw .npy maps")
-    pr.add_argument("--checkpoint", required=True)
-    pr.add_argument("images", nargs="+")
-    pr.add_argument("--out", required=True)
-    pr.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    pr.add_argument("--resize", type=int, default=None, metavar="LONG_SIDE", help="downscale inputs first")
-    pr.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (default: see README)")
+    pr = sub.add_parser("predict", help="predict every task for images and videos: maps (.npy, .png) and panels",
+                        description="Predict every task for images (files, folders, patterns) and videos. Each "
+                        "image is resized to the model's scale (its area matched to the test size, aspect kept), "
+                        "predicted whole, and every map is brought back to the image's own size. Writes per image "
+                        "<stem>_<task>.npy and .png and <stem>_panel.png; per video <stem>_panel.mp4.")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders, or patterns like "
+                    "'photos/**/*.jpg'")
+    pr.add_argument("--checkpoint", required=True, help="a run folder (its best checkpoint) or a weights file")
+    pr.add_argument("--out", required=True, help="output folder (created)")
+    pr.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    pr.add_argument("--batch-size", type=_positive_int, default=8, help="images per forward pass (default 8)")
+    pr.add_argument("--tasks", type=_task_list, default=None, help="only these tasks, e.g. semseg,depth")
+    pr.add_argument("--no-panel", action="store_true", help="no <stem>_panel.png")
+    pr.add_argument("--overwrite", action="store_true", help="replace output files that exist already")
+    pr.add_argument("--mode", choices=["whole", "slide"], default="whole",
+                    help="whole: one pass per image (default); slide: training-size windows, blended")
+    pr.add_argument("--scale", type=_scale, default=None, metavar="auto|FACTOR",
+                    help="resize factor of the input; auto (default): the resolution rule, 1: the image's own size")
+    pr.add_argument("--overlap", type=_fraction, default=None, help="sliding-window overlap, a fraction of the "
+                    "window (default 1/3)")
+    pr.add_argument("--resize", type=_positive_int, default=None, metavar="LONG_SIDE",
+                    help="downscale image files to this long side on reading (outputs at the downscaled size)")
+    pr.add_argument("--max-pixels", type=_positive_int, default=None, metavar="N",
+                    help="refuse image files with more pixels (default 40,000,000)")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=cmd_predict)
 
     cv = sub.add_parser("convert-official", help="convert a checkpoint of the authors' code to a pamm checkpoint "

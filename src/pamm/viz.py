@@ -30,7 +30,7 @@ from .tasks import IGNORE_INDEX, TASKS, dataset_spec
 
 __all__ = [
     "IGNORE_RGB", "voc_palette", "distinct_palette", "palette_for", "turbo", "colorize_labels", "colorize_depth",
-    "colorize_normals", "colorize_probability", "scale_bar", "legend", "make_panel", "depth_range",
+    "colorize_normals", "colorize_probability", "colorize_maps", "scale_bar", "legend", "make_panel", "depth_range",
 ]  # fmt: skip
 
 IGNORE_RGB = (224, 224, 192)
@@ -185,6 +185,36 @@ def depth_range(*depths: Any, low: float = 1.0, high: float = 99.0) -> tuple[flo
     return vmin, max(vmax, vmin + 1e-3)
 
 
+def colorize_maps(maps: Mapping[str, Any], meta: Any, depth_limits: tuple[float, float] | None = None
+                  ) -> dict[str, np.ndarray]:
+    """Colour pictures RGB uint8 (H, W, 3) of predicted maps (formats of the module docstring), as panels show them.
+
+    Args:
+        maps: task -> map.
+        meta: the model's :class:`~pamm.models.pamm.ModelMeta` (or anything with ``dataset``), or a dataset name:
+            sets the palettes.
+        depth_limits: depth colour range in metres (default: the map's 1st-99th percentiles, :func:`depth_range`).
+
+    Returns:
+        task -> RGB: class palettes for semseg / human_parts, Turbo for depth (predictions: 0 m is a valid depth),
+        (n + 1) / 2 for normals, gray levels for edge / sal probabilities.
+    """
+    dataset = meta if isinstance(meta, str) else meta.dataset
+    colours = {}
+    for task, value in maps.items():
+        if task in ("semseg", "human_parts"):
+            colours[task] = colorize_labels(value, palette_for(dataset, task))
+        elif task == "depth":
+            colours[task] = colorize_depth(value, *(depth_limits or depth_range(value)), zero_is_missing=False)
+        elif task == "normals":
+            colours[task] = colorize_normals(value)
+        elif task in ("edge", "sal"):
+            colours[task] = colorize_probability(value)
+        else:
+            raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
+    return colours
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Legends and scale bars
 
@@ -295,7 +325,7 @@ def _render(task: str, full: np.ndarray, size: tuple[int, int], dataset: str, de
 
 
 def make_panel(image: Any, predictions: Mapping[str, Any], targets: Mapping[str, Any] | None = None, *,
-               meta: Any, tile_size: int = 320) -> Image.Image:
+               meta: Any, tile_size: int = 320, depth_limits: tuple[float, float] | None = None) -> Image.Image:
     """One picture of an image's predictions (and ground truth).
 
     Args:
@@ -306,6 +336,8 @@ def make_panel(image: Any, predictions: Mapping[str, Any], targets: Mapping[str,
             dataset name; sets class names, palettes and the column order.
         tile_size: long side of each map in the panel, pixels. Maps are sampled (nearest neighbour) at that size
             before colouring, so the cost does not grow with the image; the input is resized smoothly.
+        depth_limits: depth colour range in metres (default: from the maps; fix it to compare panels, e.g. the
+            frames of a video).
 
     Returns:
         an RGB ``PIL.Image``: titled columns (input, then each task), label maps with a legend of the classes
@@ -333,7 +365,7 @@ def make_panel(image: Any, predictions: Mapping[str, Any], targets: Mapping[str,
     depths = [_sample(row["depth"], size).astype(np.float64) for row in rows if "depth" in row]
     if len(rows) > 1 and "depth" in rows[1]:
         depths[-1][depths[-1] <= 0] = np.nan  # missing ground truth takes no part in the colour range
-    depth_limits = depth_range(*depths)
+    depth_limits = depth_limits or depth_range(*depths)
     header, gap = _LINE + 4, 6
     smooth = Image.fromarray(rgb).resize((size[1], size[0]), Image.Resampling.BILINEAR)
     cells: list[list[tuple[str, Image.Image | None, Image.Image | None]]] = []

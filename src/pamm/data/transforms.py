@@ -7,12 +7,15 @@ targets (C, H, W) or (H, W)); geometric transforms act on the last two dimension
 
 Train pipeline (as the authors'): random scale in [0.5, 2.0] → random crop to the train size (cat_max_ratio 0.75)
 → horizontal flip (p 0.5) → photometric distortion → ImageNet normalisation → centred padding to the train size
-→ ignore regions. Test pipeline: normalisation → centred padding to the test size and to a multiple of 16 →
-ignore regions.
+→ ignore regions. Test pipeline (:class:`EvalTransform`, which a trained model's metadata provides:
+``model.meta.transforms()``): normalisation → centred padding to the test size and to a multiple of the backbone
+stride → ignore regions; for photos it also gives the resolution rule of inference
+(:meth:`EvalTransform.inference_size`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,6 +26,7 @@ from pamm.tasks import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+"""RGB mean and standard deviation (of images in [0, 1]) that inputs are normalised with: the one definition."""
 
 PAD_VALUES = {
     "image": 0.0,
@@ -271,7 +275,7 @@ class Normalize:
         return {**sample, "image": (sample["image"].float() / 255.0 - self.mean) / self.std}
 
     def __repr__(self) -> str:
-        return "Normalize()"
+        return f"Normalize(mean={tuple(self.mean.flatten().tolist())}, std={tuple(self.std.flatten().tolist())})"
 
 
 class PadCentered:
@@ -335,6 +339,65 @@ class AddIgnoreRegions:
         return "AddIgnoreRegions()"
 
 
+class EvalTransform(Compose):
+    """A trained model's evaluation transform, torchvision-weights style (``model.meta.transforms()``).
+
+    ``transform(sample)`` on a raw dataset sample: normalisation with ``mean`` / ``std`` → centred padding to at
+    least ``size`` and to multiples of ``multiple`` → ignore regions; the paper's test pipeline (no resizing).
+
+    For photos of any size, :meth:`prepare` first resizes the image by the resolution rule of
+    :meth:`inference_size` (the model's test scale), then applies the same steps.
+
+    Args:
+        size: (H, W) the test size: minimum padded size and reference scale of the resolution rule; None pads
+            only to ``multiple`` and keeps every image at its own size.
+        multiple: padded sides are multiples of this (the backbone stride).
+        mean, std: normalisation of RGB in [0, 1].
+    """
+
+    def __init__(self, size: tuple[int, int] | None, multiple: int = 16, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD):
+        self.size = None if size is None else (int(size[0]), int(size[1]))
+        self.multiple = int(multiple)
+        super().__init__([Normalize(mean, std), PadCentered(self.size, self.multiple), AddIgnoreRegions()])
+
+    def __call__(self, sample: dict, rng: np.random.Generator | None = None) -> dict:
+        return super().__call__(sample, rng)
+
+    def inference_size(self, height: int, width: int, scale: float | None = None) -> tuple[int, int]:
+        """The resolution rule: the size (h, w) an image of ``height`` × ``width`` is resized to before inference.
+
+        ``scale=None``: the aspect ratio is kept and the area matched to the test size's, h · w ≈ H_test · W_test
+        (factor ``sqrt(H_test · W_test / (height · width))``, up or down): a photo is seen at the scale the model
+        was trained and tested at, in the same number of tokens, whatever its resolution or orientation. A number
+        resizes by that factor instead (1 = the image's own resolution). Sides are rounded, at least 1.
+        """
+        if scale is None:
+            if self.size is None:
+                return height, width
+            scale = math.sqrt(self.size[0] * self.size[1] / (height * width))
+        if not scale > 0:
+            raise ValueError(f"scale must be a positive factor, got {scale}")
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def prepare(self, image: torch.Tensor, scale: float | None = None) -> dict:
+        """An image (3, H, W) with values in 0..255 -> the model-ready sample ``{"image": (3, h', w'), "meta":
+        {"size": (H, W), "valid": (top, left, h, w)}}``: resized to :meth:`inference_size` (bilinear, antialiased
+        when shrinking), normalised and padded; ``valid`` is where the resized image lies in the padded one."""
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected an image (3, H, W), got shape {tuple(image.shape)}")
+        height, width = image.shape[-2:]
+        size = self.inference_size(height, width, scale)
+        image = image.float()
+        if size != (height, width):
+            image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+        sample = {"image": image, "meta": {"size": (height, width), "valid": (0, 0, *size)}}
+        return self(sample)
+
+    def __repr__(self) -> str:
+        return f"EvalTransform(size={self.size}, multiple={self.multiple}, {self.transforms[0]!r})"
+
+
 def build_transforms(train: bool, size: tuple[int, int] | None, multiple: int = 16,
                      scale_range: tuple[float, float] = (0.5, 2.0)) -> Compose:
     """The PAMM augmentation pipeline.
@@ -365,4 +428,4 @@ def build_transforms(train: bool, size: tuple[int, int] | None, multiple: int = 
                 AddIgnoreRegions(),
             ]
         )
-    return Compose([Normalize(), PadCentered(size, multiple), AddIgnoreRegions()])
+    return EvalTransform(size, multiple)

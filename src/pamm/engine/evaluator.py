@@ -16,6 +16,7 @@ from ..config import Config
 from ..data import LoadGuard, MultiTaskDataset, build_transforms, collate
 from ..fs import atomic_write_bytes
 from ..metrics import build_meters
+from ..models.pamm import ModelMeta
 from ..tasks import postprocess
 from .distributed import DistInfo, all_reduce_arrays
 from .loading import next_batch, prepare_split, shutdown_workers, worker_init
@@ -36,8 +37,9 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def eval_transform(cfg: Config):
-    """The evaluation transform of ``cfg``: normalise and pad to ``data.test_size`` (never resize)."""
-    return build_transforms(train=False, size=tuple(cfg.data.test_size), multiple=cfg.model.backbone.patch_size)
+    """The evaluation transform of ``cfg``'s model (its metadata's, ``ModelMeta.transforms()``): normalise and pad
+    to ``data.test_size`` (never resize)."""
+    return ModelMeta.from_config(cfg).transforms()
 
 
 def crop_valid(t: torch.Tensor, valid: tuple[int, int, int, int]) -> torch.Tensor:

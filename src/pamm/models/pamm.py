@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ACTIVATION_CHECKPOINT_PLACES, Config, ModelConfig, RuntimeConfig
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 from ..tasks import dataset_spec
 from .backbone import build_backbone
 from .heads import StageFusion, TaskHead
@@ -19,10 +20,7 @@ from .pame import PAMEStage
 from .pretrained import PretrainedMixin
 from .shared import SharedStage
 
-__all__ = ["PAMM", "build_model", "IMAGENET_MEAN", "IMAGENET_STD", "ModelMeta"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["PAMM", "build_model", "ModelMeta"]
 
 
 @dataclass(frozen=True)
@@ -33,9 +31,11 @@ class ModelMeta:
         dataset: the label space (``nyud`` / ``pascal``).
         tasks: predicted tasks, in output order.
         num_outputs: channels of each head.
-        train_size: (H, W) the model was built for.
+        train_size: (H, W) the model was built for (the sliding-window size of inference).
         stride: input sizes must be multiples of it.
         mean, std: input normalisation (RGB in [0, 1]).
+        test_size: (H, W) of evaluation: minimum padded size, and the scale photos are resized to for inference
+            (None: ``train_size``).
     """
 
     dataset: str
@@ -45,6 +45,20 @@ class ModelMeta:
     stride: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    test_size: tuple[int, int] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> ModelMeta:
+        """The metadata of the model an experiment config builds (tasks and head sizes from its dataset)."""
+        spec = dataset_spec(cfg.data.dataset)
+        tasks = tuple(cfg.data.task_list)
+        return cls(dataset=spec.name, tasks=tasks, num_outputs={t: spec.num_outputs[t] for t in tasks},
+                   train_size=tuple(cfg.data.train_size), stride=cfg.model.backbone.patch_size,
+                   test_size=tuple(cfg.data.test_size))
+
+    def transforms(self) -> EvalTransform:
+        """The evaluation transform (normalise, pad; the resolution rule for photos) this model expects."""
+        return EvalTransform(self.test_size or self.train_size, self.stride, self.mean, self.std)
 
 
 class PAMM(nn.Module, PretrainedMixin):
@@ -163,8 +177,5 @@ class PAMM(nn.Module, PretrainedMixin):
 def build_model(cfg: Config, load_backbone_weights: bool = True) -> PAMM:
     """Build the model of an experiment config (tasks and head sizes from its dataset, execution settings from
     ``cfg.runtime``)."""
-    spec = dataset_spec(cfg.data.dataset)
-    tasks = tuple(cfg.data.task_list)
-    meta = ModelMeta(dataset=spec.name, tasks=tasks, num_outputs={t: spec.num_outputs[t] for t in tasks},
-                     train_size=tuple(cfg.data.train_size), stride=cfg.model.backbone.patch_size)
-    return PAMM(cfg.model, meta, load_backbone_weights=load_backbone_weights, runtime=cfg.runtime)
+    return PAMM(cfg.model, ModelMeta.from_config(cfg), load_backbone_weights=load_backbone_weights,
+                runtime=cfg.runtime)

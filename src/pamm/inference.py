@@ -1,0 +1,252 @@
+"""The Python API of inference: ``pamm.load(...)`` gives a predictor that takes anything image-like.
+
+>>> predictor = pamm.load("runs/demo")                 # a run folder or a weights file; device="cuda" for a GPU
+>>> result = predictor("photo.jpg")                    # {"semseg": uint8 (H, W), "depth": float32 (H, W), ...}
+>>> results = predictor([image_a, image_b], colorize=True)   # a list in, a list out; result.colors: RGB pictures
+
+Inputs, alone or in a list (batched):
+
+- a path (``str`` / ``os.PathLike``): read by the one image reader :func:`pamm.data.io.read_rgb_image` (EXIF
+  orientation, alpha over white, palette, 16-bit, grayscale, CMYK), refused above ``max_pixels`` unless ``resize``
+  downscales it first;
+- a ``PIL.Image.Image``: converted by the same rules (:func:`pamm.data.io.rgb_from_pil`);
+- a NumPy array (H, W, 3), RGB, ``uint8`` or floating point in [0, 1];
+- a ``torch.Tensor`` (3, H, W) or a batch (N, 3, H, W), RGB, ``uint8`` or floating point in [0, 1] (torchvision's
+  convention); a batch gives a list of N results.
+
+A wrong type is a ``TypeError``, a wrong shape or value range a ``ValueError``, each naming what was expected.
+
+Each result is a :class:`Prediction`: task -> NumPy map at the input's own size (semseg / human_parts uint8 class
+ids (H, W); depth float32 metres (H, W); normals float32 unit vectors (H, W, 3); edge / sal float32 probabilities
+(H, W)); with ``colorize=True`` its ``colors`` hold RGB uint8 (H, W, 3) pictures of each map
+(:func:`pamm.viz.colorize_maps`). How an image is resized, predicted and brought back to its size:
+:mod:`pamm.engine.predictor`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data.io import read_rgb_image, rgb_from_pil
+from .engine.predictor import DEFAULT_OVERLAP, Predictor
+from .errors import InputError
+
+__all__ = ["DEFAULT_MAX_PIXELS", "ImagePredictor", "Prediction", "find_weights", "load"]
+
+DEFAULT_MAX_PIXELS = 40_000_000
+"""Largest image file (width × height) read without ``resize``: its results take about 1 GB (NYUD's tasks)."""
+
+
+class Prediction(dict):
+    """One image's predictions: task -> NumPy map at the image's own size (formats in the module docstring).
+
+    Attributes:
+        image: the RGB uint8 (H, W, 3) picture that was predicted (as read: EXIF-oriented, alpha over white).
+        colors: task -> RGB uint8 (H, W, 3) picture of the map, when asked for (``colorize=True``), else empty.
+    """
+
+    def __init__(self, maps: dict[str, np.ndarray], image: np.ndarray, colors: dict[str, np.ndarray] | None = None):
+        super().__init__(maps)
+        self.image = image
+        self.colors = colors or {}
+
+
+def _describe(item: Any) -> str:
+    if isinstance(item, (np.ndarray, torch.Tensor)):
+        return f"{type(item).__name__} of shape {tuple(item.shape)} and dtype {item.dtype}"
+    return type(item).__name__
+
+
+_EXPECTED = ("a path, a PIL image, a NumPy array (H, W, 3), a tensor (3, H, W) or (N, 3, H, W), or a list of these")
+
+
+def _from_values(values: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
+    """Channel-first RGB values (3, H, W), uint8 or float in [0, 1] -> float32 in 0..255."""
+    dtype = values.dtype
+    tensor = torch.as_tensor(values)
+    if tensor.dtype == torch.uint8:
+        return tensor.float()
+    if not tensor.is_floating_point():
+        raise ValueError(f"{what}: dtype {dtype}; expected uint8 (0..255) or floating point in [0, 1]")
+    tensor = tensor.detach().float().cpu()
+    if tensor.numel() and not (torch.isfinite(tensor).all() and tensor.min() >= 0 and tensor.max() <= 1):
+        low, high = float(tensor.nan_to_num().min()), float(tensor.nan_to_num().max())
+        raise ValueError(f"{what}: floating-point values must be finite and in [0, 1], got {low:.4g}..{high:.4g} "
+                         f"(scale 0..255 values by 1/255 or pass uint8)")
+    return tensor * 255.0
+
+
+def _check_size(height: int, width: int, what: str) -> None:
+    if height < 1 or width < 1:
+        raise ValueError(f"{what}: an empty image ({height}x{width}); expected at least 1x1 pixels")
+
+
+class ImagePredictor:
+    """What :func:`load` returns: call it on images of any kind and size (see the module docstring).
+
+    Args:
+        predictor: the engine's :class:`~pamm.engine.predictor.Predictor` (model, device, mode, batch size).
+        max_pixels: refuse image files with more pixels (after ``resize``), checked before decoding.
+        resize: downscale image files so that their long side is at most this (results at the downscaled size).
+    """
+
+    def __init__(self, predictor: Predictor, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, resize: int | None = None):
+        if max_pixels is not None and max_pixels < 1:
+            raise ValueError(f"max_pixels must be a positive number of pixels, got {max_pixels}")
+        if resize is not None and resize < 1:
+            raise ValueError(f"resize must be a positive long side in pixels, got {resize}")
+        self.predictor, self.max_pixels, self.resize = predictor, max_pixels, resize
+
+    @property
+    def meta(self):
+        """The model's :class:`~pamm.models.pamm.ModelMeta` (dataset, tasks, sizes, normalisation)."""
+        return self.predictor.meta
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.predictor.tasks
+
+    @property
+    def device(self) -> torch.device:
+        return self.predictor.device
+
+    def __repr__(self) -> str:
+        p = self.predictor
+        return (f"ImagePredictor(dataset={p.meta.dataset!r}, tasks={list(p.tasks)}, device={str(p.device)!r}, "
+                f"mode={p.mode!r}, scale={p.scale}, batch_size={p.batch_size})")
+
+    def read(self, item: Any, what: str = "input") -> tuple[torch.Tensor, np.ndarray]:
+        """One image-like input -> (float32 (3, H, W) in 0..255 for the model, RGB uint8 (H, W, 3) picture)."""
+        if isinstance(item, (str, os.PathLike)):
+            rgb = read_rgb_image(item, max_pixels=self.max_pixels, resize=self.resize)
+            return torch.from_numpy(rgb).permute(2, 0, 1).float(), rgb
+        from PIL import Image
+
+        if isinstance(item, Image.Image):
+            rgb = rgb_from_pil(item, what)
+            _check_size(*rgb.shape[:2], what)
+            return torch.from_numpy(rgb).permute(2, 0, 1).float(), rgb
+        if isinstance(item, np.ndarray):
+            if item.ndim != 3 or item.shape[2] != 3:
+                raise ValueError(f"{what}: NumPy array of shape {item.shape}; expected an RGB image (H, W, 3) (a PIL "
+                                 f"image converts grayscale and alpha)")
+            _check_size(*item.shape[:2], what)
+            values = _from_values(np.ascontiguousarray(item.transpose(2, 0, 1)), what)
+        elif isinstance(item, torch.Tensor):
+            if item.ndim != 3 or item.shape[0] != 3:
+                raise ValueError(f"{what}: tensor of shape {tuple(item.shape)}; expected an RGB image (3, H, W) or a "
+                                 f"batch (N, 3, H, W)")
+            _check_size(*item.shape[1:], what)
+            values = _from_values(item.detach().cpu(), what)
+        else:
+            raise TypeError(f"{what}: got {_describe(item)}; expected {_EXPECTED}")
+        rgb = values.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        return values, rgb
+
+    def _items(self, inputs: Any) -> tuple[list[Any], bool]:
+        """(single images, whether the call returns a list)."""
+        if isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
+            if inputs.shape[1] != 3:
+                raise ValueError(f"input: tensor of shape {tuple(inputs.shape)}; expected a batch (N, 3, H, W)")
+            return list(inputs.unbind(0)), True
+        if isinstance(inputs, (list, tuple)):
+            for index, item in enumerate(inputs):
+                if isinstance(item, torch.Tensor) and item.ndim == 4:
+                    raise ValueError(f"input {index}: a batch tensor inside a list; pass the (N, 3, H, W) tensor "
+                                     f"on its own, or a list of (3, H, W) tensors")
+            return list(inputs), True
+        return [inputs], False
+
+    def predict_images(self, images: Sequence[torch.Tensor], pictures: Sequence[np.ndarray],
+                       tasks: Sequence[str] | None = None, colorize: bool = False) -> list[Prediction]:
+        """Predictions for images already read (:meth:`read`): one batch of the engine."""
+        results = []
+        for maps, picture in zip(self.predictor.predict(images, tasks), pictures):
+            arrays = {}
+            for task, value in maps.items():
+                arrays[task] = np.ascontiguousarray(value.permute(1, 2, 0).numpy() if task == "normals" else
+                                                    value.numpy())
+            colors = None
+            if colorize:
+                from .viz import colorize_maps
+
+                colors = colorize_maps(arrays, self.meta)
+            results.append(Prediction(arrays, picture, colors))
+        return results
+
+    def __call__(self, inputs: Any, *, tasks: Sequence[str] | None = None, colorize: bool = False
+                 ) -> Prediction | list[Prediction]:
+        """Predict every task (or ``tasks``) for one input or a list / batch of inputs (module docstring).
+
+        Returns:
+            a :class:`Prediction` for a single input; a list of them, in input order, for a list or an (N, 3, H, W)
+            tensor. Inputs are read and predicted ``batch_size`` at a time.
+        """
+        items, many = self._items(inputs)
+        tasks = self.predictor.check_tasks(tasks)
+        results: list[Prediction] = []
+        size = self.predictor.batch_size
+        for start in range(0, len(items), size):
+            read = [self.read(item, f"input {start + k}" if many else "input")
+                    for k, item in enumerate(items[start: start + size])]
+            results += self.predict_images([r[0] for r in read], [r[1] for r in read], tasks, colorize)
+        return results if many else results[0]
+
+
+def find_weights(source: str | os.PathLike) -> Path:
+    """The weights file that ``source`` names.
+
+    - a file: itself (a pamm ``.safetensors`` weights file);
+    - a run folder (it has ``checkpoints/``): its ``best.safetensors``, else its newest ``step-*.safetensors``.
+
+    Raises:
+        InputError: nothing usable there (the message says what was expected).
+    """
+    path = Path(source)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        checkpoints = path / "checkpoints"
+        if checkpoints.is_dir():
+            best = checkpoints / "best.safetensors"
+            if best.is_file():
+                return best
+            steps = sorted(checkpoints.glob("step-*.safetensors"))
+            if steps:
+                return steps[-1]
+            raise InputError(f"{checkpoints}: no best.safetensors or step-*.safetensors in this run folder (has "
+                             f"training saved a checkpoint yet?)")
+        raise InputError(f"{path}: a folder without checkpoints/; expected a pamm run folder or a weights file")
+    raise InputError(f"{path}: no such file or folder; expected a pamm run folder or a weights file (.safetensors)")
+
+
+def load(source: str | os.PathLike, device: str | torch.device | None = None, *, mode: str = "whole",
+         scale: float | None = None, overlap: float = DEFAULT_OVERLAP, batch_size: int = 8,
+         max_pixels: int | None = DEFAULT_MAX_PIXELS, resize: int | None = None) -> ImagePredictor:
+    """Load a trained model as an :class:`ImagePredictor`.
+
+    Args:
+        source: a run folder (its best checkpoint, else its newest) or a pamm weights file (:func:`find_weights`).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...; None: CUDA when available, else the CPU.
+        mode: ``"whole"`` (default: one pass per image at the model's scale) or ``"slide"`` (training-size
+            windows, blended); see :mod:`pamm.engine.predictor`.
+        scale: resize factor instead of the resolution rule (1 = each image's own resolution).
+        overlap: sliding-window overlap, a fraction of the window.
+        batch_size: images per forward pass.
+        max_pixels: refuse larger image files (after ``resize``); None: no limit of ours.
+        resize: downscale image files so that their long side is at most this.
+
+    Raises:
+        InputError: ``source`` is not a weights file or a run folder; CheckpointError: a damaged checkpoint;
+        ResourceError: CUDA asked for but not available.
+    """
+    weights = find_weights(source)
+    predictor = Predictor.from_checkpoint(weights, device, mode=mode, scale=scale, overlap=overlap,
+                                          batch_size=batch_size)
+    return ImagePredictor(predictor, max_pixels=max_pixels, resize=resize)

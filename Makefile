@@ -17,7 +17,7 @@ DEMO_SET ?=
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,demo,export]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,demo,export,video]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -28,9 +28,12 @@ demo: install
 	$(PY) -m pamm train --config demo --out $(DEMO_RUN) --set data.root=$(DEMO_DATA)/NYUDv2 \
 		$(foreach s,$(DEMO_SET),--set $(s)) $(if $(wildcard $(DEMO_RUN)/checkpoints/step-*),--resume,)
 	$(PY) -m pamm evaluate --run $(DEMO_RUN) --baselines
-	$(PY) -m pamm predict --checkpoint $(DEMO_RUN)/checkpoints/best.safetensors --out $(DEMO_RUN)/predictions \
+	$(PY) -m pamm predict --checkpoint $(DEMO_RUN) --out $(DEMO_RUN)/predictions --overwrite --quiet \
 		$$(ls $(DEMO_DATA)/NYUDv2/images/*.png | sort | head -n 4)
-	@echo "demo finished: $(DEMO_RUN)/metrics.json, $(DEMO_RUN)/predictions/, TensorBoard: tensorboard --logdir $(DEMO_RUN)"
+	$(PY) -m pamm predict --checkpoint $(DEMO_RUN) --out $(DEMO_RUN)/photos --overwrite --quiet \
+		"$$($(PY) -c 'import pathlib, sklearn.datasets as d; print(pathlib.Path(d.__file__).parent / "images")')"
+	@echo "demo finished: $(DEMO_RUN)/metrics.json, $(DEMO_RUN)/predictions/ and photos/, TensorBoard:" \
+		"tensorboard --logdir $(DEMO_RUN). To have pamm on PATH: . $(VENV)/bin/activate"
 
 test: install
 	$(PY) -m pytest -q -n 2

@@ -221,10 +221,10 @@ def test_strip_resampling_equals_interpolating_then_postprocessing(task, source,
     channels = {"semseg": 40, "depth": 1, "normals": 3, "edge": 1, "sal": 2, "human_parts": 7}[task]
     raw = torch.randn(channels, *source, dtype=torch.float64)
     resampled = F.interpolate(raw[None], size=target, mode="bilinear", align_corners=False)[0]
-    strips = list(bilinear_strips(raw, target, strip_elements=2 * target[1]))  # strips of 2 rows
-    assert len(strips) == -(-target[0] // 2)
+    strips = list(bilinear_strips(raw, target, strip_elements=2 * channels * target[1]))  # strips of 2 rows
+    assert len(strips) == -(-target[0] // 2) and all(strip.shape[1] <= 2 for strip in strips)
     torch.testing.assert_close(torch.cat(strips, dim=1), resampled, rtol=1e-14, atol=1e-14)
-    got = resample_postprocess(task, raw, target, strip_elements=2 * target[1])
+    got = resample_postprocess(task, raw, target, strip_elements=2 * channels * target[1])
     expected = postprocess(task, resampled[None])[0]
     if task in ("semseg", "human_parts"):
         assert got.dtype == torch.uint8 and torch.equal(got.long(), expected)

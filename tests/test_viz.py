@@ -13,6 +13,7 @@ from pamm.viz import (
     IGNORE_RGB,
     colorize_depth,
     colorize_labels,
+    colorize_maps,
     colorize_normals,
     colorize_probability,
     depth_range,
@@ -160,3 +161,37 @@ def test_thin_boundaries_survive_shrinking_for_display():
     edge[:, 201] = 0.2  # a one-pixel boundary, drawn in gray 51; sampling every 4th column would miss it
     panel = np.asarray(make_panel(np.zeros((400, 400, 3), np.uint8), {"edge": edge}, meta="nyud", tile_size=100))
     assert (panel == 51).all(-1).sum() >= 100  # a line the height of the tile
+
+
+def test_colorize_maps_gives_one_picture_per_task():
+    rng = np.random.default_rng(2)
+    maps = _maps(6, 8, "pascal", rng)
+    maps["depth"] = np.array([[0.0, 1.0, 2.0, 3.0]] * 6).repeat(2, axis=1).astype(np.float32)
+    colours = colorize_maps(maps, "pascal")
+    assert set(colours) == set(maps)
+    for task, picture in colours.items():
+        assert picture.shape == (6, 8, 3) and picture.dtype == np.uint8, task
+    assert np.array_equal(colours["human_parts"], colorize_labels(maps["human_parts"], palette_for("pascal",
+                                                                                                  "human_parts")))
+    assert np.array_equal(colours["normals"], colorize_normals(maps["normals"]))
+    assert np.array_equal(colours["sal"], colorize_probability(maps["sal"]))
+    assert (colours["depth"] != IGNORE_RGB).any(-1).all()  # a predicted 0 m is a depth, not a missing value
+    fixed = colorize_maps({"depth": maps["depth"]}, "pascal", depth_limits=(0.0, 6.0))["depth"]
+    assert np.array_equal(fixed, colorize_depth(maps["depth"], 0.0, 6.0, zero_is_missing=False))
+    with pytest.raises(ValueError, match="unknown task 'flow'"):
+        colorize_maps({"flow": maps["sal"]}, "pascal")
+
+
+def test_a_fixed_depth_range_gives_panels_the_same_colours():
+    image = np.zeros((20, 20, 3), np.uint8)
+
+    def area(panel, depth, limits):  # pixels drawn in the colour of ``depth`` within ``limits``
+        colour = np.rint(turbo(np.array((depth - limits[0]) / (limits[1] - limits[0]))) * 255).astype(np.uint8)
+        return int((np.asarray(panel) == colour).all(-1).sum())
+
+    for depth in (1.0, 5.0):
+        flat = np.full((20, 20), depth, np.float32)
+        free = make_panel(image, {"depth": flat}, meta="nyud", tile_size=40)
+        fixed = make_panel(image, {"depth": flat}, meta="nyud", tile_size=40, depth_limits=(0.0, 6.0))
+        assert area(free, 0.0, (0.0, 1.0)) >= 40 * 40  # its own range: the lowest colour, whatever the depth
+        assert area(fixed, depth, (0.0, 6.0)) >= 40 * 40  # the shared range: the depth's own colour

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.io import read_rgb_image, rgb_from_pil
+from .data.io import check_read_options, read_rgb_image, rgb_from_pil
 from .engine.predictor import DEFAULT_OVERLAP, Predictor
 from .errors import InputError
 
@@ -97,10 +97,7 @@ class ImagePredictor:
     """
 
     def __init__(self, predictor: Predictor, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, resize: int | None = None):
-        if max_pixels is not None and max_pixels < 1:
-            raise ValueError(f"max_pixels must be a positive number of pixels, got {max_pixels}")
-        if resize is not None and resize < 1:
-            raise ValueError(f"resize must be a positive long side in pixels, got {resize}")
+        check_read_options(max_pixels, resize)
         self.predictor, self.max_pixels, self.resize = predictor, max_pixels, resize
 
     @property

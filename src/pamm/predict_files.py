@@ -231,7 +231,7 @@ def predict_files(predictor: ImagePredictor, inputs: Sequence[str | os.PathLike]
                 flush()
                 try:
                     report.frames += _predict_video(predictor, path, out / f"{stem}_panel.mp4", tasks)
-                except VideoReadError as e:
+                except ImageReadError as e:
                     report.failures.append((str(path), str(e)))
                 else:
                     report.written.append(out / f"{stem}_panel.mp4")

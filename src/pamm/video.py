@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, ResourceError
+from .data.io import ImageReadError
+from .errors import ResourceError
 from .fs import atomic_write
 
 __all__ = ["VIDEO_SUFFIXES", "VideoReadError", "is_video", "require_av", "VideoReader", "write_video"]
@@ -26,12 +27,9 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".m
 DEFAULT_FPS = Fraction(25)
 
 
-class VideoReadError(InputError):
-    """A video file is missing, corrupt or holds no video stream. ``path`` names it."""
-
-    def __init__(self, message: str, path: str | os.PathLike | None = None):
-        super().__init__(message)
-        self.path = None if path is None else str(path)
+class VideoReadError(ImageReadError):
+    """A video file is missing, corrupt or holds no video stream (an input that cannot be read, as an
+    :class:`~pamm.data.io.ImageReadError`). ``path`` names it."""
 
 
 def is_video(path: str | os.PathLike) -> bool:

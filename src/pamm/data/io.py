@@ -155,6 +155,14 @@ def _too_large_hint(width: int, height: int, max_pixels: int, resize: int | None
     return f"pass resize=LONG_SIDE (--resize, e.g. {long_side}) to downscale it first, or raise max_pixels"
 
 
+def check_read_options(max_pixels: int | None, resize: int | None) -> None:
+    """Raise ``ValueError`` unless ``max_pixels`` and ``resize`` of :func:`read_rgb_image` are None or positive."""
+    if max_pixels is not None and max_pixels < 1:
+        raise ValueError(f"max_pixels must be a positive number of pixels, got {max_pixels}")
+    if resize is not None and resize < 1:
+        raise ValueError(f"resize must be a positive long side in pixels, got {resize}")
+
+
 def read_rgb_image(path: str | os.PathLike, what: str = "RGB input image", *, max_pixels: int | None = None,
                    resize: int | None = None) -> np.ndarray:
     """Read an image file as RGB ``uint8 (H, W, 3)`` (rules in the module docstring).
@@ -170,10 +178,7 @@ def read_rgb_image(path: str | os.PathLike, what: str = "RGB input image", *, ma
         ImageTooLargeError: more than ``max_pixels`` pixels.
         ValueError: ``max_pixels`` or ``resize`` below 1.
     """
-    if max_pixels is not None and max_pixels < 1:
-        raise ValueError(f"max_pixels must be a positive number of pixels, got {max_pixels}")
-    if resize is not None and resize < 1:
-        raise ValueError(f"resize must be a positive long side in pixels, got {resize}")
+    check_read_options(max_pixels, resize)
     path = require_file(path, what, ImageReadError)
     with _open(path, what, ImageReadError) as image:
         width, height = image.size

@@ -23,7 +23,8 @@ class ids (H, W); ``depth`` float32 metres (H, W), ≥ 0; ``normals`` float32 un
 ``sal`` float32 probabilities (H, W).
 
 Memory: one batch at the model's scale, plus (slide mode) accumulators of 4 · ΣK bytes per pixel of the resized
-image, plus the results (4 · 6 + 1 = 25 bytes per original pixel for NYUD's four tasks).
+image, plus the raw outputs resampled along the columns (4 · K · h · W bytes for one task at a time: small, h being
+the model's height), plus the results (1 + 4 + 12 + 4 = 21 bytes per original pixel for NYUD's four tasks).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ResourceError
@@ -53,7 +55,7 @@ DEFAULT_OVERLAP = 1 / 3
 MODES = ("whole", "slide")
 
 _STRIP_ELEMENTS = 1 << 22
-"""Resampling works on strips of rows of at most this many values per channel-plane (16 MB in float32)."""
+"""Resampling works on strips of rows of at most this many values, all channels together (16 MB in float32)."""
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -142,38 +144,44 @@ def bilinear_strips(raw: Tensor, size: tuple[int, int], strip_elements: int = _S
                     ) -> Iterator[Tensor]:
     """``F.interpolate(raw[None], size, mode="bilinear", align_corners=False)[0]`` strip by strip.
 
+    Separably, as the full interpolation: the columns first (``F.interpolate`` to (K, h, W), small while h is the
+    model's height), then each strip of rows blends its two source rows (half-pixel centres, clamped at the borders).
+
     Args:
         raw: (K, h, w) float.
         size: (H, W) output size.
-        strip_elements: at most this many values per channel in one strip.
+        strip_elements: at most this many values (K · rows · W) in one strip (at least one row).
 
     Yields:
         consecutive strips (K, rows, W) of the resampled (K, H, W), top to bottom.
     """
-    _, height, width = raw.shape
+    channels, height, width = raw.shape
     out_h, out_w = size
-    row_a, row_b, row_t = _bilinear_taps(height, out_h)
-    col_a, col_b, col_t = _bilinear_taps(width, out_w)
-    row_t, col_t = row_t.to(raw.dtype), col_t.to(raw.dtype)
-    step = max(1, strip_elements // max(out_w, 1))
+    step = max(1, strip_elements // max(channels * out_w, 1))
+    if (height, width) == (out_h, out_w):  # nothing to resample (slide mode at full resolution)
+        for start in range(0, out_h, step):
+            yield raw[:, start: start + step]
+        return
+    columns = F.interpolate(raw[None], size=(height, out_w), mode="bilinear", align_corners=False)[0]
+    upper, lower, weight = (t.to(raw.device) for t in _bilinear_taps(height, out_h))
+    weight = weight.to(raw.dtype)
     for start in range(0, out_h, step):
         rows = slice(start, min(start + step, out_h))
-        upper, lower = raw[:, row_a[rows]], raw[:, row_b[rows]]
-        vertical = upper + (lower - upper) * row_t[rows, None]
-        left, right = vertical[:, :, col_a], vertical[:, :, col_b]
-        yield left + (right - left) * col_t
+        yield torch.lerp(columns.index_select(1, upper[rows]), columns.index_select(1, lower[rows]),
+                         weight[rows, None])
 
 
 def resample_postprocess(task: str, raw: Tensor, size: tuple[int, int], strip_elements: int = _STRIP_ELEMENTS
                          ) -> Tensor:
     """Resample raw outputs bilinearly to ``size``, then post-process them (:func:`pamm.tasks.postprocess`), a strip
-    of rows at a time (:func:`bilinear_strips`): only a strip of the (K, H, W) resampled outputs exists at once.
+    of rows at a time (:func:`bilinear_strips`): only a strip of the (K, H, W) resampled outputs exists at once. The
+    work happens on ``raw``'s device; the result is on the CPU.
 
     Args:
         task: task name.
         raw: (K, h, w) raw outputs (float).
         size: (H, W) output size.
-        strip_elements: at most this many values per channel in one strip.
+        strip_elements: at most this many values (K · rows · W) in one strip (at least one row).
 
     Returns:
         the task's prediction at ``size``: uint8 class ids (H, W) for classification tasks with ≤ 256 classes,
@@ -184,7 +192,7 @@ def resample_postprocess(task: str, raw: Tensor, size: tuple[int, int], strip_el
         value = postprocess(task, strip[None])[0]
         if value.dtype == torch.int64 and raw.shape[0] <= 256:
             value = value.to(torch.uint8)
-        pieces.append(value)
+        pieces.append(value.cpu())
     return torch.cat(pieces, dim=-2)
 
 
@@ -254,7 +262,8 @@ class Predictor:
             return self.model(images)
 
     def _forward(self, images: Tensor) -> dict[str, Tensor]:
-        """(b, 3, H, W) prepared images -> {task: float32 (b, K, H, W)} on the CPU."""
+        """(b, 3, H, W) prepared images -> {task: float32 (b, K, H, W)}: on the model's device (whole), on the CPU
+        (slide: the accumulators of a large image stay in host memory)."""
         if self.mode == "slide":
             window = tuple(self.meta.train_size)
             height, width = images.shape[-2:]
@@ -266,10 +275,11 @@ class Predictor:
                 out = blend_windows(self._run, canvas, window, self.overlap)
                 return {t: v[:, :, top: top + height, left: left + width] for t, v in out.items()}
             return blend_windows(self._run, images, window, self.overlap)
-        return {task: value.float().cpu() for task, value in self._run(images).items()}
+        return {task: value.float() for task, value in self._run(images).items()}
 
     def raw_outputs(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
-        """Raw outputs at the model's resolution: per image {task: float32 (K, h, w)} of its resized region.
+        """Raw outputs at the model's resolution: per image {task: float32 (K, h, w)} of its resized region (on the
+        model's device in whole mode, on the CPU in slide mode).
 
         Args:
             images: RGB images (3, H, W) with values in 0..255 (uint8 or float), any sizes.
@@ -303,7 +313,8 @@ class Predictor:
         """
         tasks = self.check_tasks(tasks)
         results = []
-        for image, raw in zip(images, self.raw_outputs(images)):
-            size = tuple(image.shape[-2:])
-            results.append({task: resample_postprocess(task, raw[task], size) for task in tasks})
+        with torch.inference_mode():
+            for image, raw in zip(images, self.raw_outputs(images)):
+                size = tuple(image.shape[-2:])
+                results.append({task: resample_postprocess(task, raw[task], size) for task in tasks})
         return results

@@ -347,6 +347,8 @@ def test_predictor_options_are_checked():
     if not torch.cuda.is_available():
         with pytest.raises(ResourceError, match="CUDA is not available"):
             Predictor(stub, meta, device="cuda")
+    with pytest.raises(InputError, match="device 'gpu0': expected auto, cpu, cuda or cuda:N"):
+        Predictor(stub, meta, device="gpu0")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import ResourceError
+from ..errors import InputError, ResourceError
 from ..tasks import postprocess
 
 if TYPE_CHECKING:
@@ -59,11 +59,14 @@ _STRIP_ELEMENTS = 1 << 22
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` / ``"auto"``: CUDA when available, else the CPU. A CUDA device without CUDA is a
-    :class:`~pamm.errors.ResourceError`."""
+    """``None`` / ``"auto"``: CUDA when available, else the CPU. An unknown device name is an
+    :class:`~pamm.errors.InputError`, a CUDA device without CUDA a :class:`~pamm.errors.ResourceError`."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"device {device!r}: expected auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ResourceError(f"device {str(device)!r} requested but CUDA is not available; use the CPU (--device cpu)")
     return device

@@ -170,7 +170,8 @@ def test_dataset_loader_and_predictor_read_the_same_pixels(tmp_path):
     Image.fromarray(rgba).save(path)  # transparency: the rule that used to differ between the two
     raw = NYUDv2(root, "train", tasks=["depth"]).load_raw(0)["image"]
     tensor, picture = ImagePredictor(Predictor(*_stub())).read(path)
-    assert torch.equal(raw, tensor) and np.array_equal(picture, read_rgb_image(path))
+    assert tensor.dtype == torch.uint8 and torch.equal(raw, tensor.float())
+    assert np.array_equal(picture, read_rgb_image(path))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -410,7 +411,9 @@ def test_every_input_kind_gives_maps_at_its_own_size(stub_predictor, tmp_path):
             assert result[task].shape[:2] == (30, 40), name
             np.testing.assert_allclose(result[task].astype(np.float64), reference[task].astype(np.float64),
                                        atol=1e-4, err_msg=name)
+    assert np.shares_memory(reference.image, rgb)  # a uint8 array is not copied
     assert reference["semseg"].dtype == np.uint8 and reference["normals"].shape == (30, 40, 3)
+    assert all(value.flags.c_contiguous for value in reference.values())
     assert reference["depth"].dtype == np.float32 and (reference["depth"] >= 0).all()
     np.testing.assert_allclose(np.linalg.norm(reference["normals"], axis=-1), 1.0, rtol=1e-5)
     assert ((reference["edge"] >= 0) & (reference["edge"] <= 1)).all()

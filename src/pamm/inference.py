@@ -26,6 +26,7 @@ ids (H, W); depth float32 metres (H, W); normals float32 unit vectors (H, W, 3);
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -67,11 +68,13 @@ _EXPECTED = ("a path, a PIL image, a NumPy array (H, W, 3), a tensor (3, H, W) o
 
 
 def _from_values(values: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
-    """Channel-first RGB values (3, H, W), uint8 or float in [0, 1] -> float32 in 0..255."""
+    """Channel-first RGB values (3, H, W), uint8 or float in [0, 1] -> uint8 as it is, float32 in 0..255."""
     dtype = values.dtype
-    tensor = torch.as_tensor(values)
+    with warnings.catch_warnings():  # a read-only array (np.asarray of a PIL image) is only read here
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensor = torch.as_tensor(values)
     if tensor.dtype == torch.uint8:
-        return tensor.float()
+        return tensor
     if not tensor.is_floating_point():
         raise ValueError(f"{what}: dtype {dtype}; expected uint8 (0..255) or floating point in [0, 1]")
     tensor = tensor.detach().float().cpu()
@@ -119,22 +122,23 @@ class ImagePredictor:
                 f"mode={p.mode!r}, scale={p.scale}, batch_size={p.batch_size})")
 
     def read(self, item: Any, what: str = "input") -> tuple[torch.Tensor, np.ndarray]:
-        """One image-like input -> (float32 (3, H, W) in 0..255 for the model, RGB uint8 (H, W, 3) picture)."""
+        """One image-like input -> (the image for the engine: (3, H, W), uint8 or float32 in 0..255; its RGB uint8
+        (H, W, 3) picture). uint8 inputs are not copied."""
         if isinstance(item, (str, os.PathLike)):
             rgb = read_rgb_image(item, max_pixels=self.max_pixels, resize=self.resize)
-            return torch.from_numpy(rgb).permute(2, 0, 1).float(), rgb
+            return torch.from_numpy(rgb).permute(2, 0, 1), rgb
         from PIL import Image
 
         if isinstance(item, Image.Image):
             rgb = rgb_from_pil(item, what)
             _check_size(*rgb.shape[:2], what)
-            return torch.from_numpy(rgb).permute(2, 0, 1).float(), rgb
+            return torch.from_numpy(rgb).permute(2, 0, 1), rgb
         if isinstance(item, np.ndarray):
             if item.ndim != 3 or item.shape[2] != 3:
                 raise ValueError(f"{what}: NumPy array of shape {item.shape}; expected an RGB image (H, W, 3) (a PIL "
                                  f"image converts grayscale and alpha)")
             _check_size(*item.shape[:2], what)
-            values = _from_values(np.ascontiguousarray(item.transpose(2, 0, 1)), what)
+            values = _from_values(np.ascontiguousarray(item).transpose(2, 0, 1), what)
         elif isinstance(item, torch.Tensor):
             if item.ndim != 3 or item.shape[0] != 3:
                 raise ValueError(f"{what}: tensor of shape {tuple(item.shape)}; expected an RGB image (3, H, W) or a "
@@ -143,8 +147,9 @@ class ImagePredictor:
             values = _from_values(item.detach().cpu(), what)
         else:
             raise TypeError(f"{what}: got {_describe(item)}; expected {_EXPECTED}")
-        rgb = values.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-        return values, rgb
+        if values.dtype == torch.uint8:
+            return values, values.permute(1, 2, 0).numpy()
+        return values, values.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
     def _items(self, inputs: Any) -> tuple[list[Any], bool]:
         """(single images, whether the call returns a list)."""
@@ -166,7 +171,7 @@ class ImagePredictor:
         results = []
         for maps, picture in zip(self.predictor.predict(images, tasks), pictures):
             arrays = {}
-            for task, value in maps.items():
+            for task, value in maps.items():  # normals: (3, H, W) views of (H, W, 3) memory, no copy here
                 arrays[task] = np.ascontiguousarray(value.permute(1, 2, 0).numpy() if task == "normals" else
                                                     value.numpy())
             colors = None

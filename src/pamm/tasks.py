@@ -105,19 +105,21 @@ def dataset_spec(name: str) -> DatasetSpec:
 def postprocess(task: str, output):
     """Turn a head's raw output (b, K, H, W) into the prediction its metrics and visualisations use.
 
-    semseg / human_parts: class index (b, H, W) int64; sal: probability of "salient" (b, H, W); depth: metres
-    (b, H, W), clamped at 0; normals: unit vectors (b, 3, H, W); edge: boundary probability (b, H, W).
+    semseg / human_parts: class index (b, H, W) int64 (the first of equal maxima); sal: probability of "salient"
+    (b, H, W); depth: metres (b, H, W), clamped at 0; normals: unit vectors (b, 3, H, W) (as ``F.normalize``, eps
+    1e-12); edge: boundary probability (b, H, W).
     """
     import torch
 
     if task in ("semseg", "human_parts"):
-        return output.argmax(1)
+        return output.max(1).indices  # = argmax(1), several times faster over channels on CPUs
     if task == "sal":
         return torch.softmax(output.float(), 1)[:, 1]
     if task == "depth":
         return output[:, 0].float().clamp_min(0)
-    if task == "normals":
-        return torch.nn.functional.normalize(output.float(), dim=1)
+    if task == "normals":  # = F.normalize(dim=1), whose vector norm over channels is several times slower on CPUs
+        normals = output.float()
+        return normals / normals.square().sum(1, keepdim=True).sqrt().clamp_min(1e-12)
     if task == "edge":
         return torch.sigmoid(output[:, 0].float())
     raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")

@@ -187,16 +187,25 @@ def resample_postprocess(task: str, raw: Tensor, size: tuple[int, int], strip_el
         strip_elements: at most this many values (K · rows · W) in one strip (at least one row).
 
     Returns:
-        the task's prediction at ``size``: uint8 class ids (H, W) for classification tasks with ≤ 256 classes,
-        (3, H, W) for normals, float32 (H, W) otherwise.
+        the task's prediction at ``size`` on the CPU: uint8 class ids (H, W) for classification tasks with ≤ 256
+        classes, (3, H, W) for normals (a view of channels-last memory), float32 (H, W) otherwise.
     """
-    pieces = []
+    out: Tensor | None = None
+    row = 0
     for strip in bilinear_strips(raw, size, strip_elements):
         value = postprocess(task, strip[None])[0]
         if value.dtype == torch.int64 and raw.shape[0] <= 256:
             value = value.to(torch.uint8)
-        pieces.append(value.cpu())
-    return torch.cat(pieces, dim=-2)
+        rows = slice(row, row + strip.shape[1])
+        if out is None:  # normals are kept channels-last in memory: (H, W, 3) for NumPy without a copy
+            shape = (size[0], size[1], value.shape[0]) if value.ndim == 3 else tuple(size)
+            out = torch.empty(shape, dtype=value.dtype)
+        if value.ndim == 3:
+            out[rows] = value.permute(1, 2, 0)
+        else:
+            out[rows] = value
+        row = rows.stop
+    return out.permute(2, 0, 1) if out.ndim == 3 else out
 
 
 # ----------------------------------------------------------------------------------------------------------

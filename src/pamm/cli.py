@@ -200,8 +200,9 @@ def cmd_predict(args) -> int:
         print(f"wrote {len(e.report.written)} file(s) to {args.out}; {len(e.report.failures)} of {len(inputs)} "
               f"input(s) failed", file=sys.stderr)
         return 2
-    videos = f" and {report.videos} video(s) ({report.frames} frames)" if report.videos else ""
-    print(f"wrote {len(report.written)} file(s) for {report.images} image(s){videos} to {args.out}")
+    parts = [f"{report.images} image(s)"] if report.images else []
+    parts += [f"{report.videos} video(s) ({report.frames} frames)"] if report.videos else []
+    print(f"wrote {len(report.written)} file(s) for {' and '.join(parts)} to {args.out}")
     return 0
 
 

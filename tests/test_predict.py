@@ -32,7 +32,7 @@ from pamm.engine.predictor import (
     window_weights,
 )
 from pamm.errors import EXIT_INPUT, EXIT_RESOURCE, InputError, ResourceError, exit_code
-from pamm.inference import ImagePredictor, Prediction, find_weights
+from pamm.inference import ImagePredictor, Prediction
 from pamm.models.pamm import ModelMeta
 from pamm.outputs import DEPTH_PNG_SCALE
 from pamm.predict_files import PredictionFailed, find_inputs, predict_files
@@ -365,24 +365,26 @@ def tiny_checkpoint(tmp_path_factory):
     return path
 
 
-def test_load_takes_a_weights_file_or_a_run_folder(tiny_checkpoint, tmp_path):
+def test_load_takes_every_model_source(tiny_checkpoint, tmp_path):
     predictor = pamm.load(tiny_checkpoint, device="cpu")
     assert isinstance(predictor, ImagePredictor) and predictor.tasks == NYUD.tasks
     assert predictor.meta.test_size == (64, 96) and "mode='whole'" in repr(predictor)
+    image = _photo(40, 60)
+    reference = predictor(image)["depth"]
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    newest = run / "checkpoints" / "step-0000020.safetensors"
-    for step in (10, 20):
-        (run / "checkpoints" / f"step-{step:07d}.safetensors").write_bytes(tiny_checkpoint.read_bytes())
-    assert find_weights(run) == newest
-    (run / "checkpoints" / "best.safetensors").write_bytes(tiny_checkpoint.read_bytes())
-    assert find_weights(run) == run / "checkpoints" / "best.safetensors"
-    assert pamm.load(run, device="cpu", batch_size=2).predictor.batch_size == 2
+    (run / "checkpoints" / "step-0000020.safetensors").write_bytes(tiny_checkpoint.read_bytes())
+    from_run = pamm.load(run, device="cpu", batch_size=2)
+    assert from_run.predictor.batch_size == 2 and np.array_equal(from_run(image)["depth"], reference)
+    predictor.predictor.model.save_pretrained(tmp_path / "pretrained")
+    from_folder = pamm.load(tmp_path / "pretrained", device="cpu")
+    assert from_folder.meta == predictor.meta  # the evaluation transform's sizes travel with the folder
+    assert np.array_equal(from_folder(image)["depth"], reference)
     (tmp_path / "empty").mkdir()
     (tmp_path / "run2" / "checkpoints").mkdir(parents=True)
     for source, message in [(tmp_path / "nothing", "no such file or folder"),
-                            (tmp_path / "empty", "a folder without checkpoints/"),
-                            (tmp_path / "run2", "no best.safetensors or step-")]:
+                            (tmp_path / "empty", "neither a run folder"),
+                            (tmp_path / "run2", "no valid checkpoint")]:
         with pytest.raises(InputError, match=message):
             pamm.load(source)
 

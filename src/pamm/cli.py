@@ -334,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "<stem>_<task>.npy and .png and <stem>_panel.png; per video <stem>_panel.mp4.")
     pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders, or patterns like "
                     "'photos/**/*.jpg'")
-    pr.add_argument("--checkpoint", required=True, help="a run folder (its best checkpoint) or a weights file")
+    pr.add_argument("--checkpoint", required=True, help="a run folder (its best checkpoint), a weights file, a "
+                    "pretrained folder or a Hub model id (org/name)")
     pr.add_argument("--out", required=True, help="output folder (created)")
     pr.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     pr.add_argument("--batch-size", type=_positive_int, default=8, help="images per forward pass (default 8)")

@@ -1,6 +1,6 @@
 """The Python API of inference: ``pamm.load(...)`` gives a predictor that takes anything image-like.
 
->>> predictor = pamm.load("runs/demo")                 # a run folder or a weights file; device="cuda" for a GPU
+>>> predictor = pamm.load("runs/demo")        # a run folder, weights file, pretrained folder or Hub id
 >>> result = predictor("photo.jpg")                    # {"semseg": uint8 (H, W), "depth": float32 (H, W), ...}
 >>> results = predictor([image_a, image_b], colorize=True)   # a list in, a list out; result.colors: RGB pictures
 
@@ -28,17 +28,15 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from .data.io import check_read_options, read_rgb_image, rgb_from_pil
-from .engine.predictor import DEFAULT_OVERLAP, Predictor
-from .errors import InputError
+from .engine.predictor import DEFAULT_OVERLAP, Predictor, resolve_device
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImagePredictor", "Prediction", "find_weights", "load"]
+__all__ = ["DEFAULT_MAX_PIXELS", "ImagePredictor", "Prediction", "load"]
 
 DEFAULT_MAX_PIXELS = 40_000_000
 """Largest image file (width × height) read without ``resize``: its results take about 1 GB (NYUD's tasks)."""
@@ -201,40 +199,14 @@ class ImagePredictor:
         return results if many else results[0]
 
 
-def find_weights(source: str | os.PathLike) -> Path:
-    """The weights file that ``source`` names.
-
-    - a file: itself (a pamm ``.safetensors`` weights file);
-    - a run folder (it has ``checkpoints/``): its ``best.safetensors``, else its newest ``step-*.safetensors``.
-
-    Raises:
-        InputError: nothing usable there (the message says what was expected).
-    """
-    path = Path(source)
-    if path.is_file():
-        return path
-    if path.is_dir():
-        checkpoints = path / "checkpoints"
-        if checkpoints.is_dir():
-            best = checkpoints / "best.safetensors"
-            if best.is_file():
-                return best
-            steps = sorted(checkpoints.glob("step-*.safetensors"))
-            if steps:
-                return steps[-1]
-            raise InputError(f"{checkpoints}: no best.safetensors or step-*.safetensors in this run folder (has "
-                             f"training saved a checkpoint yet?)")
-        raise InputError(f"{path}: a folder without checkpoints/; expected a pamm run folder or a weights file")
-    raise InputError(f"{path}: no such file or folder; expected a pamm run folder or a weights file (.safetensors)")
-
-
 def load(source: str | os.PathLike, device: str | torch.device | None = None, *, mode: str = "whole",
          scale: float | None = None, overlap: float = DEFAULT_OVERLAP, batch_size: int = 8,
          max_pixels: int | None = DEFAULT_MAX_PIXELS, resize: int | None = None) -> ImagePredictor:
     """Load a trained model as an :class:`ImagePredictor`.
 
     Args:
-        source: a run folder (its best checkpoint, else its newest) or a pamm weights file (:func:`find_weights`).
+        source: any model source (:func:`pamm.interop.hub.load_trained`): a run folder (its best checkpoint), a
+            pamm weights file, a pretrained folder (``save_pretrained``) or a Hugging Face Hub model id.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...; None: CUDA when available, else the CPU.
         mode: ``"whole"`` (default: one pass per image at the model's scale) or ``"slide"`` (training-size
             windows, blended); see :mod:`pamm.engine.predictor`.
@@ -245,10 +217,12 @@ def load(source: str | os.PathLike, device: str | torch.device | None = None, *,
         resize: downscale image files so that their long side is at most this.
 
     Raises:
-        InputError: ``source`` is not a weights file or a run folder; CheckpointError: a damaged checkpoint;
-        ResourceError: CUDA asked for but not available.
+        InputError: nothing usable at ``source``, or a damaged checkpoint (one line naming it); ResourceError: CUDA
+        asked for but not available, or the Hub unreachable.
     """
-    weights = find_weights(source)
-    predictor = Predictor.from_checkpoint(weights, device, mode=mode, scale=scale, overlap=overlap,
-                                          batch_size=batch_size)
+    from .interop.hub import load_trained
+
+    device = resolve_device(device)
+    model = load_trained(source, device=device).model
+    predictor = Predictor(model, model.meta, device, mode=mode, scale=scale, overlap=overlap, batch_size=batch_size)
     return ImagePredictor(predictor, max_pixels=max_pixels, resize=resize)

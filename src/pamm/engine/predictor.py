@@ -30,7 +30,6 @@ the model's height), plus the results (1 + 4 + 12 + 4 = 21 bytes per original pi
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -243,16 +242,6 @@ class Predictor:
         self.meta = meta if meta is not None else model.meta
         self.transform = self.meta.transforms()
         self.mode, self.scale, self.overlap, self.batch_size = mode, scale, overlap, batch_size
-
-    @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = "cpu", **options
-                        ) -> Predictor:
-        """Load a pamm weights file (:func:`~pamm.engine.checkpoint.load_model`); ``options`` as the constructor."""
-        from .checkpoint import load_model
-
-        device = resolve_device(device)
-        model, _ = load_model(path, device=device)
-        return cls(model, model.meta, device, **options)
 
     @property
     def tasks(self) -> tuple[str, ...]:

@@ -763,9 +763,9 @@ def test_cli_predicts_folders_with_options_and_reports_failures_once(tiny_checkp
 
 
 def test_cli_refuses_bad_arguments_before_loading_anything(tmp_path, capsys):
-    for args, message in [(["--max-pixels", "0"], "--max-pixels: expected a positive whole number, got '0'"),
-                          (["--resize", "-3"], "--resize: expected a positive whole number"),
-                          (["--batch-size", "x"], "--batch-size: expected a positive whole number"),
+    for args, message in [(["--max-pixels", "0"], "--max-pixels: expected a positive integer (1 or more), got 0"),
+                          (["--resize", "-3"], "--resize: expected a positive integer"),
+                          (["--batch-size", "x"], "--batch-size: expected a positive integer, got 'x'"),
                           (["--scale", "0"], "--scale: expected 'auto' or a positive factor"),
                           (["--overlap", "1"], "--overlap: expected a fraction in [0, 1)")]:
         with pytest.raises(SystemExit) as exited:

@@ -143,16 +143,6 @@ def cmd_evaluate(args) -> int:
 # ---- predict / convert -----------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return value
-
-
 def _scale(text: str) -> float | None:
     if text == "auto":
         return None
@@ -338,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "pretrained folder or a Hub model id (org/name)")
     pr.add_argument("--out", required=True, help="output folder (created)")
     pr.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    pr.add_argument("--batch-size", type=_positive_int, default=8, help="images per forward pass (default 8)")
+    pr.add_argument("--batch-size", type=_positive, default=8, help="images per forward pass (default 8)")
     pr.add_argument("--tasks", type=_task_list, default=None, help="only these tasks, e.g. semseg,depth")
     pr.add_argument("--no-panel", action="store_true", help="no <stem>_panel.png")
     pr.add_argument("--overwrite", action="store_true", help="replace output files that exist already")
@@ -348,9 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="resize factor of the input; auto (default): the resolution rule, 1: the image's own size")
     pr.add_argument("--overlap", type=_fraction, default=None, help="sliding-window overlap, a fraction of the "
                     "window (default 1/3)")
-    pr.add_argument("--resize", type=_positive_int, default=None, metavar="LONG_SIDE",
+    pr.add_argument("--resize", type=_positive, default=None, metavar="LONG_SIDE",
                     help="downscale image files to this long side on reading (outputs at the downscaled size)")
-    pr.add_argument("--max-pixels", type=_positive_int, default=None, metavar="N",
+    pr.add_argument("--max-pixels", type=_positive, default=None, metavar="N",
                     help="refuse image files with more pixels (default 40,000,000)")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=cmd_predict)

@@ -102,8 +102,8 @@ def _decode(image: Image.Image, path: Path, what: str, error: type[DatasetError]
     try:
         image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise fail(path, f"corrupt or truncated {image.format or 'image'} data ({err}); expected the {what}",
-                   error) from None
+        raise fail(path, f"corrupt or truncated image ({image.format or 'unknown format'}: {err}); expected the "
+                         f"{what}", error) from None
 
 
 def _open_decoded(path: Path, what: str) -> Image.Image:

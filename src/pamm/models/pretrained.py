@@ -57,9 +57,14 @@ _CARD_TEMPLATE = """---
 ## How to load
 
 ```python
+import pamm
+
+predictor = pamm.load("{{ source }}")  # a folder or a Hub id, verified against config.json
+prediction = predictor("photo.jpg")    # {task: array at the photo's size}; colorize=True adds colour maps
+
 from pamm.models import PAMM
 
-model = PAMM.from_pretrained("{{ source }}")  # a folder or a Hub id, verified against config.json
+model = PAMM.from_pretrained("{{ source }}")  # the bare nn.Module
 outputs = model(images)  # images (b, 3, H, W) normalised as below -> {task: raw outputs (b, K, H, W)}
 ```
 

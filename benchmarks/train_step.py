@@ -172,6 +172,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", default="nyud-vitl,pascal-vitl")
     p.add_argument("--modes", default="bf16,bf16-authors-scan,authors,tf32")
+    p.add_argument("--checkpointing", default="",
+                   help="bf16 runs with activation checkpointing, ';'-separated sets of places, e.g. "
+                        "'backbone;backbone:selective,stages:selective' (each measured as mode bf16+PLACES)")
     p.add_argument("--batch", type=int, default=6)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
@@ -208,7 +211,10 @@ def main() -> None:
         if device.type == "cuda":
             model.to(memory_format=torch.channels_last)
         print(f"{preset}: built in {time.time() - t0:.1f} s", flush=True)
-        for mode in args.modes.split(","):
+        modes = [m for m in args.modes.split(",") if m]
+        modes += [f"bf16+{places}" for places in args.checkpointing.split(";") if places]
+        for mode in modes:
+            model.set_grad_checkpointing(mode.split("+", 1)[1].split(",") if "+" in mode else False)
             forward = functools.partial(forward_reference, model) if mode == "authors" else model
             pame_module.selective_scan = authors_scan_pattern if mode == "bf16-authors-scan" else selective_scan
             torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
@@ -220,15 +226,16 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         pame_module.selective_scan = selective_scan
+        model.set_grad_checkpointing(False)
         for b in (int(v) for v in args.infer_batches.split(",") if v):
             measure_inference(model, cfg, b, args, device, log)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    print("\npreset        mode     step ms   img/s   peak GiB  scan share")
+    print("\npreset        mode                                      step ms   img/s   peak GiB  scan share")
     for r in rows:
         if r.get("kind") == "train" and "step_ms" in r:
-            print(f"{r['preset']:13s} {r['mode']:8s} {r['step_ms']:8.1f} {r['images_per_s']:7.2f} "
+            print(f"{r['preset']:13s} {r['mode']:40s} {r['step_ms']:8.1f} {r['images_per_s']:7.2f} "
                   f"{r['peak_gib']:9.2f}  {r.get('scan_share', float('nan')):.3f}")
     for r in rows:
         if r.get("kind") == "infer":

@@ -54,12 +54,31 @@ def cmd_data_synth(args) -> int:
 
     summary = synthesize(Path(args.out), layout=args.layout, n_train=args.train, n_val=args.val, size=args.size,
                          seed=args.seed, preview=Path(args.preview) if args.preview else None,
-                         overwrite=args.overwrite, progress=not args.quiet, workers=args.workers)
+                         overwrite=args.overwrite, progress=not args.quiet, workers=args.workers, tasks=args.tasks)
     counts, (height, width) = summary["counts"], summary["size"]
+    tasks = f", tasks {','.join(summary['tasks'])}" if "tasks" in summary else ""
     print(f"{'replaced the dataset in' if summary['replaced'] else 'wrote'} {summary['root']}: {counts['train']} "
-          f"train + {counts['val']} val images ({args.layout} layout, {height}x{width}, seed {args.seed}, "
+          f"train + {counts['val']} val images ({args.layout} layout{tasks}, {height}x{width}, seed {args.seed}, "
           f"{summary['seconds']:.1f} s)" + (f"; preview {summary['preview']}" if summary["preview"] else ""))
     return 0
+
+
+def cmd_data_convert(args) -> int:
+    from .data.convert import convert_dataset
+
+    summary = convert_dataset(args.source, Path(args.root), Path(args.out), tasks=args.tasks, splits=args.splits,
+                              name=args.name, overwrite=args.overwrite, progress=not args.quiet)
+    counts = " + ".join(f"{n} {split}" for split, n in summary["counts"].items())
+    print(f"{'replaced the dataset in' if summary['replaced'] else 'wrote'} {summary['root']}: {counts} images "
+          f"from {args.root} ({args.source}; tasks {','.join(summary['tasks'])}; {summary['seconds']:.1f} s)")
+    return 0
+
+
+def _name_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
 
 
 def cmd_data_check(args) -> int:
@@ -273,7 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     s.add_argument("--out", required=True, help="data root; the dataset folder (NYUDv2/ or PASCALContext/) is "
                    "created inside it")  # fmt: skip
-    s.add_argument("--layout", choices=["nyud", "pascal"], default="nyud")
+    s.add_argument("--layout", choices=["nyud", "pascal", "generic"], default="nyud",
+                   help="nyud / pascal: the benchmarks' layouts; generic: the dataset.yaml format (docs/"
+                   "dataset-format.md) with the tasks of --tasks, in OUT/generic (default nyud)")  # fmt: skip
+    s.add_argument("--tasks", type=_name_list, default=None, metavar="T1,T2",
+                   help="generic layout only: tasks to write, e.g. semseg,depth (default: all six)")
     s.add_argument("--train", type=int, default=200, help="training images (default 200)")
     s.add_argument("--val", type=int, default=50, help="validation images (default 50)")
     s.add_argument("--size", type=_synth_size, default=(96, 128), help="image size HEIGHTxWIDTH (default 96x128)")
@@ -289,10 +312,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_data_synth)
     c = dsub.add_parser("check", help="validate a dataset folder and list every problem")
-    c.add_argument("--dataset", choices=["nyud", "pascal"], required=True)
+    c.add_argument("--dataset", choices=["nyud", "pascal", "generic"], required=True,
+                   help="generic: a folder described by its dataset.yaml")
     c.add_argument("--root", required=True)
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_data_check)
+    dc = dsub.add_parser(
+        "convert", help="rewrite a NYUD / PASCAL folder as a generic dataset (dataset.yaml format)",
+        description="Read a NYUD-v2 or PASCAL-Context folder through its loader and write it as a generic dataset "
+        "(docs/dataset-format.md): same targets, classes and evaluation constants. The output is written into a "
+        "hidden folder beside it and moved into place when complete.",
+    )  # fmt: skip
+    dc.add_argument("--from", dest="source", choices=["nyud", "pascal"], required=True, help="layout of --root")
+    dc.add_argument("--root", required=True, help="the benchmark dataset folder (.../NYUDv2, .../PASCALContext)")
+    dc.add_argument("--out", required=True, help="the generic dataset folder to create")
+    dc.add_argument("--tasks", type=_name_list, default=None, metavar="T1,T2", help="tasks to keep (default: all)")
+    dc.add_argument("--splits", type=_name_list, default=None, metavar="S1,S2", help="default: train,val")
+    dc.add_argument("--name", default=None, help="the dataset's name in its manifest (default: the --from layout)")
+    dc.add_argument("--overwrite", action="store_true",
+                    help="replace an existing --out; only a generic dataset folder holding nothing but the files "
+                    "its dataset.yaml accounts for is ever replaced")  # fmt: skip
+    dc.add_argument("--quiet", action="store_true", help="no progress bar")
+    dc.set_defaults(func=cmd_data_convert)
 
     t = sub.add_parser("train", help="train a preset or YAML config (torchrun -m pamm train ... for DDP)")
     t.add_argument("--config", required=True, help="preset name (nyud-vitl, pascal-vitl, demo) or YAML file")

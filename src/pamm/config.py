@@ -25,7 +25,7 @@ from typing import Any, Union
 import yaml
 
 from .errors import InputError
-from .tasks import DATASETS, TASKS
+from .tasks import DATASET_KINDS, GENERIC, TASKS, DatasetSpec, dataset_spec
 
 __all__ = [
     "Config", "ModelConfig", "BackboneConfig", "ScanConfig", "RuntimeConfig", "DataConfig", "TrainConfig",
@@ -226,8 +226,9 @@ class DataConfig:
     """Dataset and input sizes.
 
     Attributes:
-        dataset: ``nyud`` or ``pascal`` (ATRC layouts).
-        root: dataset folder (``.../NYUDv2`` or ``.../PASCALContext``).
+        dataset: ``nyud`` or ``pascal`` (ATRC layouts), or ``generic``: a folder described by its own
+            ``dataset.yaml`` (tasks, classes, encodings, splits: docs/dataset-format.md).
+        root: dataset folder (``.../NYUDv2``, ``.../PASCALContext`` or the folder holding ``dataset.yaml``).
         tasks: tasks to learn; empty means every task of the dataset.
         train_size: training crop (H, W); sets the token grid the model is built for.
         test_size: evaluation pad size (H, W); images are padded (never resized) to at least this size and to
@@ -249,8 +250,10 @@ class DataConfig:
     on_error: str = "raise"
 
     def validate(self, key: str) -> None:
-        _check(self.dataset in DATASETS, f"{key}.dataset", f"must be one of {sorted(DATASETS)}, got {self.dataset!r}")
-        known = DATASETS[self.dataset].tasks
+        _check(self.dataset in DATASET_KINDS, f"{key}.dataset",
+               f"must be one of {list(DATASET_KINDS)}, got {self.dataset!r}")
+        # a generic dataset's tasks are those of its dataset.yaml, checked when it is read (task_list)
+        known = tuple(TASKS) if self.dataset == GENERIC else dataset_spec(self.dataset).tasks
         for t in self.tasks:
             _check(t in known, f"{key}.tasks", f"{t!r} is not a task of {self.dataset}; allowed: {list(known)}")
         _check(len(set(self.tasks)) == len(self.tasks), f"{key}.tasks", f"duplicate task in {self.tasks}")
@@ -264,10 +267,16 @@ class DataConfig:
                f"must be 'raise' or 'skip', got {self.on_error!r}")
 
     @property
+    def spec(self) -> DatasetSpec:
+        """The dataset's label space: a benchmark's :data:`~pamm.tasks.DATASETS` entry, or for ``generic`` the one
+        of ``root/dataset.yaml`` (read, validated and cached; an InputError names the file and key)."""
+        return dataset_spec(self.dataset, self.root)
+
+    @property
     def task_list(self) -> list[str]:
-        """The tasks in the dataset's canonical order."""
-        spec = DATASETS[self.dataset]
-        return [t for t in spec.tasks if not self.tasks or t in self.tasks]
+        """The tasks in the dataset's canonical order (a generic dataset: its manifest's order, read from
+        ``root``); a task of ``tasks`` that the dataset does not annotate is an InputError naming the key."""
+        return list(self.spec.select(self.tasks, "config key 'data.tasks'"))
 
 
 @dataclass
@@ -380,13 +389,18 @@ class Config:
         self.train.validate("train")
         self.eval.validate("eval")
         self.runtime.validate("runtime")
-        tasks = self.data.task_list
-        for t in tasks:
-            _check(t in self.train.loss_weights, "train.loss_weights", f"no weight for task {t!r}")
+        # a generic dataset's tasks come from its dataset.yaml, which may not exist yet: checked when training starts
+        tasks = self.data.tasks if self.data.dataset == GENERIC else self.data.task_list
+        self.check_loss_weights(tasks)
         stride = self.model.backbone.patch_size
         _check(all(s % stride == 0 for s in self.data.train_size), "data.train_size",
                f"must be a multiple of the backbone patch size {stride}, got {self.data.train_size}")
         return self
+
+    def check_loss_weights(self, tasks) -> None:
+        """Raise ConfigError unless ``train.loss_weights`` has a weight for every task of ``tasks``."""
+        for t in tasks:
+            _check(t in self.train.loss_weights, "train.loss_weights", f"no weight for task {t!r}")
 
     @property
     def grid(self) -> tuple[int, int]:

@@ -26,7 +26,8 @@ import numpy as np
 from PIL import Image
 
 from .fs import AtomicGroup
-from .viz import IGNORE_RGB, colorize_normals, make_panel, palette_for
+from .tasks import DatasetSpec
+from .viz import IGNORE_RGB, colorize_normals, label_space, make_panel, palette_for
 
 __all__ = ["output_names", "encode_prediction", "write_files", "png_bytes", "DEPTH_PNG_SCALE"]
 
@@ -52,8 +53,9 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def task_png(task: str, value: np.ndarray, dataset: str) -> Image.Image:
-    """The PNG picture of one map (formats in the module docstring)."""
+def task_png(task: str, value: np.ndarray, dataset: str | DatasetSpec) -> Image.Image:
+    """The PNG picture of one map (formats in the module docstring); ``dataset`` (a name or the model's
+    ``meta.spec``) gives the class palettes."""
     if task in ("semseg", "human_parts"):
         palette = np.zeros((256, 3), dtype=np.uint8)
         colours = palette_for(dataset, task)
@@ -86,7 +88,7 @@ def encode_prediction(stem: str, prediction: Mapping[str, np.ndarray], image: np
     files = {}
     for task, value in prediction.items():
         files[f"{stem}_{task}.npy"] = _npy_bytes(value)
-        files[f"{stem}_{task}.png"] = png_bytes(task_png(task, value, meta.dataset))
+        files[f"{stem}_{task}.png"] = png_bytes(task_png(task, value, label_space(meta)))
     if panel:
         files[f"{stem}_panel.png"] = png_bytes(make_panel(image, prediction, meta=meta))
     return files

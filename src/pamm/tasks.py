@@ -6,7 +6,11 @@ its facts from here instead of re-declaring them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from os import PathLike
+
+from .errors import InputError
 
 IGNORE_INDEX = 255
 """Label value ignored by losses and metrics (padding, void, invalid normals)."""
@@ -40,15 +44,26 @@ TASKS: dict[str, TaskSpec] = {
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A benchmark: its tasks, output channels per task and evaluation constants.
+    """A dataset's label space: its tasks, output channels per task and the constants its losses and metrics use.
+
+    The two benchmarks' specs are :data:`DATASETS`; a dataset folder described by a ``dataset.yaml`` manifest gets
+    its spec from :func:`pamm.manifest.read_manifest` (``dataset_spec("generic", root)``). A trained model keeps
+    the spec it was trained with (``model.meta``, stored in its checkpoint: :meth:`to_dict`), so heads, metrics
+    and palettes are rebuilt without the dataset folder.
 
     Attributes:
-        name: ``"nyud"`` or ``"pascal"``.
+        name: ``"nyud"``, ``"pascal"`` or a manifest's ``name``.
         tasks: every task the dataset annotates, in canonical order.
         num_outputs: output channels of the model head per task.
         edge_pos_weight: weight of boundary pixels in the edge loss (notes §3).
         edge_max_dist: SEISM matching tolerance as a fraction of the image diagonal (notes §4).
         class_names: class names per classification task.
+        edge_gt: how the boundary metric derives its one-pixel ground truth from the loaded boundary map:
+            ``"seg2bmap"`` (NYUD-v2's boundary PNGs) or ``"thin"`` (already thin boundaries, e.g. PASCAL-Context's).
+        max_depth: depth metrics score pixels with ``0 < ground truth < max_depth`` metres.
+        palettes: colours of a classification task's classes: ``"voc"`` (the PASCAL VOC colour map),
+            ``"distinct"`` (maximally distinct colours) or explicit RGB triples, one per class; tasks not listed
+            use ``"voc"`` (:func:`pamm.viz.palette_for`).
     """
 
     name: str
@@ -57,6 +72,71 @@ class DatasetSpec:
     edge_pos_weight: float
     edge_max_dist: float
     class_names: dict[str, tuple[str, ...]]
+    edge_gt: str = "thin"
+    max_depth: float = 80.0
+    palettes: dict[str, str | tuple[tuple[int, int, int], ...]] = field(default_factory=dict)
+
+    def select(self, tasks: Sequence[str] | None = None, source: str = "tasks") -> tuple[str, ...]:
+        """``tasks`` in this dataset's canonical order (all of them when None or empty); a task the dataset does not
+        annotate is a :class:`~pamm.errors.InputError` naming ``source`` (e.g. ``"config key 'data.tasks'"``)."""
+        if not tasks:
+            return self.tasks
+        unknown = [t for t in tasks if t not in self.tasks]
+        if unknown:
+            raise InputError(f"{source}: {', '.join(map(repr, unknown))} not annotated by dataset {self.name!r} "
+                             f"(its tasks: {', '.join(self.tasks)})")
+        return tuple(t for t in self.tasks if t in tasks)
+
+    def to_dict(self) -> dict:
+        """A JSON-able dict (lists for tuples) that :meth:`from_dict` turns back into an equal spec."""
+        palettes = {t: p if isinstance(p, str) else [list(c) for c in p] for t, p in self.palettes.items()}
+        return {"name": self.name, "tasks": list(self.tasks), "num_outputs": dict(self.num_outputs),
+                "edge_pos_weight": self.edge_pos_weight, "edge_max_dist": self.edge_max_dist,
+                "class_names": {t: list(n) for t, n in self.class_names.items()}, "edge_gt": self.edge_gt,
+                "max_depth": self.max_depth, "palettes": palettes}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> DatasetSpec:
+        """The spec of :meth:`to_dict`'s output (e.g. read from a checkpoint); a ValueError names what is wrong."""
+        try:
+            palettes = {t: p if isinstance(p, str) else tuple(tuple(int(v) for v in c) for c in p)
+                        for t, p in dict(data.get("palettes", {})).items()}
+            spec = cls(name=str(data["name"]), tasks=tuple(data["tasks"]),
+                       num_outputs={t: int(k) for t, k in data["num_outputs"].items()},
+                       edge_pos_weight=float(data["edge_pos_weight"]), edge_max_dist=float(data["edge_max_dist"]),
+                       class_names={t: tuple(str(n) for n in names) for t, names in data["class_names"].items()},
+                       edge_gt=str(data.get("edge_gt", "thin")), max_depth=float(data.get("max_depth", 80.0)),
+                       palettes=palettes)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"not a dataset spec ({type(e).__name__}: {e})") from None
+        problems = [t for t in spec.tasks if t not in TASKS or t not in spec.num_outputs]
+        problems += [t for t, names in spec.class_names.items() if len(names) != spec.num_outputs.get(t)]
+        if problems or spec.edge_gt not in EDGE_GT_CONVENTIONS:
+            raise ValueError(f"not a consistent dataset spec (tasks or class names of {problems}, edge_gt "
+                             f"{spec.edge_gt!r})")
+        return spec
+
+
+def label_space_difference(trained: DatasetSpec, data: DatasetSpec, tasks: Sequence[str]) -> str | None:
+    """How the label space of ``data`` differs from the one a model was ``trained`` on, for ``tasks`` (class counts
+    and names; edge and depth constants do not matter to the weights); None when they agree."""
+    for task in tasks:
+        if task not in data.tasks:
+            return f"the data has no {task} annotation"
+        if trained.num_outputs.get(task) != data.num_outputs.get(task):
+            return (f"{task} has {data.num_outputs.get(task)} outputs in the data, {trained.num_outputs.get(task)} "
+                    f"in the model")
+        if trained.class_names.get(task) != data.class_names.get(task):
+            return (f"{task} classes differ: the model's are {list(trained.class_names.get(task, ()))}, the "
+                    f"data's {list(data.class_names.get(task, ()))}")
+    return None
+
+
+EDGE_GT_CONVENTIONS = ("thin", "seg2bmap")
+"""Values of :attr:`DatasetSpec.edge_gt`."""
+
+GENERIC = "generic"
+"""``data.dataset`` of a dataset folder described by its own ``dataset.yaml`` manifest (:mod:`pamm.manifest`)."""
 
 
 NYUD_CLASSES = (
@@ -82,6 +162,8 @@ DATASETS: dict[str, DatasetSpec] = {
         edge_pos_weight=0.88,
         edge_max_dist=0.011,
         class_names={"semseg": NYUD_CLASSES},
+        edge_gt="seg2bmap",
+        palettes={"semseg": "distinct"},
     ),
     "pascal": DatasetSpec(
         name="pascal",
@@ -94,12 +176,28 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
-def dataset_spec(name: str) -> DatasetSpec:
-    """Return the :class:`DatasetSpec` called ``name`` or raise a ``ValueError`` listing the known ones."""
+DATASET_KINDS = (*DATASETS, GENERIC)
+"""What ``data.dataset`` may name: a benchmark of :data:`DATASETS` or :data:`GENERIC`."""
+
+
+def dataset_spec(dataset: str | DatasetSpec, root: str | PathLike | None = None) -> DatasetSpec:
+    """The :class:`DatasetSpec` of ``dataset``: a spec is returned as is; ``"nyud"`` / ``"pascal"`` give
+    :data:`DATASETS`' entries; ``"generic"`` reads the ``dataset.yaml`` manifest of the folder ``root``
+    (:func:`pamm.manifest.read_manifest`; errors name the file and key). Anything else is a ``ValueError`` listing
+    the known names."""
+    if isinstance(dataset, DatasetSpec):
+        return dataset
+    if dataset == GENERIC:
+        if root is None:
+            raise InputError("the generic dataset is described by the dataset.yaml of its folder; give its root "
+                             "(data.root)")
+        from .manifest import read_manifest
+
+        return read_manifest(root).spec
     try:
-        return DATASETS[name]
-    except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}") from None
+        return DATASETS[dataset]
+    except (KeyError, TypeError):
+        raise InputError(f"unknown dataset {dataset!r}; expected one of {list(DATASET_KINDS)}") from None
 
 
 def postprocess(task: str, output):

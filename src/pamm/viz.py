@@ -13,8 +13,9 @@ Torch tensors are accepted too (moved to the CPU); a leading channel of size 1 i
 
 Palettes: PASCAL-Context semantic classes and human parts use the PASCAL VOC colour map (background black,
 aeroplane dark red, ...: what the community's visualisations use); NYUD-40 uses 40 colours chosen by farthest-point
-sampling in CIELAB (maximally distinct, far from white and from :data:`IGNORE_RGB`). Depth uses Turbo (Google's
-rainbow map designed for depth, evaluated from its published polynomial fit).
+sampling in CIELAB (maximally distinct, far from white and from :data:`IGNORE_RGB`); a generic dataset's classes
+follow its manifest (``colors``: those colours, ``distinct`` (the default for semseg) or ``voc``). Depth uses
+Turbo (Google's rainbow map designed for depth, evaluated from its published polynomial fit).
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .tasks import IGNORE_INDEX, TASKS, dataset_spec
+from .tasks import IGNORE_INDEX, TASKS, DatasetSpec, dataset_spec
 
 __all__ = [
-    "IGNORE_RGB", "voc_palette", "distinct_palette", "palette_for", "turbo", "colorize_labels", "colorize_depth",
-    "colorize_normals", "colorize_probability", "colorize_maps", "scale_bar", "legend", "make_panel", "depth_range",
+    "IGNORE_RGB", "voc_palette", "distinct_palette", "label_space", "palette_for", "turbo", "colorize_labels",
+    "colorize_depth", "colorize_normals", "colorize_probability", "colorize_maps", "scale_bar", "legend", "make_panel",
+    "depth_range",
 ]  # fmt: skip
 
 IGNORE_RGB = (224, 224, 192)
@@ -93,12 +95,26 @@ def distinct_palette(n: int) -> np.ndarray:
     return grid[chosen].astype(np.uint8)
 
 
-def palette_for(dataset: str, task: str) -> np.ndarray:
-    """The palette (K, 3) uint8 of a classification task of a dataset (see the module docstring)."""
-    classes = len(dataset_spec(dataset).class_names[task])
-    if dataset == "nyud" and task == "semseg":
-        return distinct_palette(classes)
-    return voc_palette(classes)
+def label_space(meta: Any) -> DatasetSpec:
+    """The label space that colours and names classes: ``meta`` is a dataset name, a
+    :class:`~pamm.tasks.DatasetSpec`, or a model's :class:`~pamm.models.pamm.ModelMeta` (its ``spec``; anything with a
+    ``dataset`` name will do)."""
+    if isinstance(meta, (str, DatasetSpec)):
+        return dataset_spec(meta)
+    spec = getattr(meta, "spec", None)
+    return spec if isinstance(spec, DatasetSpec) else dataset_spec(meta.dataset)
+
+
+def palette_for(dataset: str | DatasetSpec, task: str) -> np.ndarray:
+    """The palette (K, 3) uint8 of a classification task of a dataset (a name or a
+    :class:`~pamm.tasks.DatasetSpec`): its ``palettes`` entry, explicit colours or ``"distinct"`` (NYUD-40, and a
+    generic dataset's semseg unless its manifest says otherwise), else the PASCAL VOC colour map."""
+    spec = dataset_spec(dataset)
+    classes = len(spec.class_names[task])
+    palette = spec.palettes.get(task, "voc")
+    if not isinstance(palette, str):
+        return np.asarray(palette, dtype=np.uint8).reshape(classes, 3)
+    return distinct_palette(classes) if palette == "distinct" else voc_palette(classes)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -191,15 +207,15 @@ def colorize_maps(maps: Mapping[str, Any], meta: Any, depth_limits: tuple[float,
 
     Args:
         maps: task -> map.
-        meta: the model's :class:`~pamm.models.pamm.ModelMeta` (or anything with ``dataset``), or a dataset name:
-            sets the palettes.
+        meta: the model's :class:`~pamm.models.pamm.ModelMeta`, or a dataset (name or
+            :class:`~pamm.tasks.DatasetSpec`): sets the palettes (:func:`label_space`).
         depth_limits: depth colour range in metres (default: the map's 1st-99th percentiles, :func:`depth_range`).
 
     Returns:
         task -> RGB: class palettes for semseg / human_parts, Turbo for depth (predictions: 0 m is a valid depth),
         (n + 1) / 2 for normals, gray levels for edge / sal probabilities.
     """
-    dataset = meta if isinstance(meta, str) else meta.dataset
+    dataset = label_space(meta)
     colours = {}
     for task, value in maps.items():
         if task in ("semseg", "human_parts"):
@@ -306,8 +322,8 @@ def _block_max(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.maximum.reduceat(np.maximum.reduceat(array, rows, axis=0), cols, axis=1)
 
 
-def _render(task: str, full: np.ndarray, size: tuple[int, int], dataset: str, depth_limits: tuple[float, float],
-            width: int, target: bool) -> tuple[Image.Image, Image.Image | None]:
+def _render(task: str, full: np.ndarray, size: tuple[int, int], dataset: str | DatasetSpec,
+            depth_limits: tuple[float, float], width: int, target: bool) -> tuple[Image.Image, Image.Image | None]:
     """(display tile, legend or scale bar) of one task map ``full`` (``target``: ground truth)."""
     shown = _block_max(full, size) if task == "edge" else _sample(full, size)
     if task in ("semseg", "human_parts"):
@@ -332,8 +348,9 @@ def make_panel(image: Any, predictions: Mapping[str, Any], targets: Mapping[str,
         image: the input, RGB (H, W, 3) or (3, H, W): uint8, or float in [0, 1] (de-normalise model inputs first).
         predictions: task -> map in the formats of the module docstring, each (H, W) like the image.
         targets: optional ground truth, same formats (ignore values allowed); drawn as a second row.
-        meta: the model's :class:`~pamm.models.pamm.ModelMeta` (or anything with ``dataset`` and ``tasks``), or a
-            dataset name; sets class names, palettes and the column order.
+        meta: the model's :class:`~pamm.models.pamm.ModelMeta` (or anything with ``tasks`` and ``spec`` or
+            ``dataset``), or a dataset (name or :class:`~pamm.tasks.DatasetSpec`); sets class names, palettes and the
+            column order.
         tile_size: long side of each map in the panel, pixels. Maps are sampled (nearest neighbour) at that size
             before colouring, so the cost does not grow with the image; the input is resized smoothly.
         depth_limits: depth colour range in metres (default: from the maps; fix it to compare panels, e.g. the
@@ -343,8 +360,8 @@ def make_panel(image: Any, predictions: Mapping[str, Any], targets: Mapping[str,
         an RGB ``PIL.Image``: titled columns (input, then each task), label maps with a legend of the classes
         present, depth with a Turbo scale bar in metres shared by both rows (1st-99th percentile range).
     """
-    dataset = meta if isinstance(meta, str) else meta.dataset
-    order = list(dataset_spec(dataset).tasks if isinstance(meta, str) else meta.tasks)
+    dataset = label_space(meta)
+    order = list(dataset.tasks if isinstance(meta, (str, DatasetSpec)) else meta.tasks)
     tasks = [t for t in order if t in predictions] + [t for t in predictions if t not in order]
     rgb = _to_numpy(image)
     if rgb.ndim == 3 and rgb.shape[0] == 3 and rgb.shape[-1] != 3:

@@ -2,8 +2,8 @@
 
 Two passes share the loaders' rules:
 
-* :func:`check_dataset` (``pamm data check --dataset nyud|pascal --root DIR``) reads and fully decodes every file
-  of every split, with a thread pool for the I/O; the checks are exactly those the loaders apply.
+* :func:`check_dataset` (``pamm data check --dataset nyud|pascal|generic --root DIR``) reads and fully decodes every
+  file of every split, with a thread pool for the I/O; the checks are exactly those the loaders apply.
 * :func:`validate_dataset` runs before training and evaluation on the samples of one split and the files its tasks
   need: label maps and depth are decoded (value ranges, shapes), images are checked for integrity from their
   headers and chunk checksums without a full decode (:mod:`pamm.data.probe`). Results are cached per sample, keyed
@@ -23,12 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pamm.data.dataset import Layout, MultiTaskDataset, image_size_mismatches, locate_files, read_split
+from pamm.data.generic import generic_layout
 from pamm.data.io import DatasetError
 from pamm.data.nyud import NYUD_LAYOUT
 from pamm.data.pascal import PASCAL_LAYOUT
 from pamm.data.probe import probe_image
 from pamm.fs import atomic_write_text
-from pamm.tasks import dataset_spec
+from pamm.manifest import ManifestError, read_manifest
+from pamm.tasks import GENERIC, dataset_spec
 
 LAYOUTS: dict[str, Layout] = {"nyud": NYUD_LAYOUT, "pascal": PASCAL_LAYOUT}
 DEFAULT_SPLITS = ("train", "val")
@@ -76,30 +78,42 @@ def _check_image(layout: Layout, image_id: str, paths: dict[str, Path | None]) -
 def check_dataset(
     name: str,
     root: str | os.PathLike,
-    splits: Sequence[str] = DEFAULT_SPLITS,
+    splits: Sequence[str] | None = None,
     workers: int | None = None,
     progress: bool = False,
 ) -> list[Problem]:
-    """List every problem of dataset ``name`` (``"nyud"`` or ``"pascal"``) stored at ``root``.
+    """List every problem of dataset ``name`` (``"nyud"``, ``"pascal"`` or ``"generic"``) stored at ``root``.
 
     Reported: missing root, split file, folder or file (an id with none of its files is reported once);
     unreadable, empty, truncated or wrongly encoded files; label values out of range; label maps whose size differs
-    from their image. An empty list means the loaders will read every sample of ``splits`` for all tasks.
+    from their image; for a generic dataset, every problem of its ``dataset.yaml`` (then nothing else is checked).
+    An empty list means the loaders will read every sample of ``splits`` for all tasks.
 
     Args:
         name: dataset key.
         root: dataset root folder.
-        splits: split files to check.
+        splits: split files to check (default: ``train`` and ``val``; a generic dataset's every split).
         workers: threads reading files (default: 2 × CPU count, at most 16).
         progress: show a tqdm progress bar.
     """
-    dataset_spec(name)
-    layout = LAYOUTS[name]
     root = Path(root)
+    if name == GENERIC:
+        if not root.is_dir():
+            return [Problem(str(root), "dataset root is not a folder (expected a folder holding a dataset.yaml)")]
+        try:
+            manifest = read_manifest(root)
+        except ManifestError as err:
+            return [Problem(err.path, problem) for problem in err.problems]
+        layout, tasks = generic_layout(manifest), manifest.spec.tasks
+        splits = tuple(manifest.splits) if splits is None else splits
+    else:
+        tasks = dataset_spec(name).tasks
+        layout = LAYOUTS[name]
+        splits = DEFAULT_SPLITS if splits is None else splits
     if not root.is_dir():
         return [Problem(str(root), f"dataset root is not a folder (expected the {name} dataset root)")]
 
-    kinds = layout.kinds_for(dataset_spec(name).tasks)
+    kinds = layout.kinds_for(tasks)
     problems: list[Problem] = []
     to_read: dict[str, dict[str, Path | None]] = {}
     for split in splits:
@@ -110,7 +124,7 @@ def check_dataset(
             continue
         located = locate_files(layout, root, ids, kinds)
         problems += [Problem(str(path), message) for path, message in located.missing_folders]
-        split_file = root / layout.split_folder / f"{split}.txt"
+        split_file = layout.split_path(root, split)
         any_folder = len(located.missing_folders) < len(kinds)  # else the missing folders say it all
         nothing_found = {
             image_id for image_id, paths in zip(ids, located.paths) if any_folder and not any(paths.values())
@@ -119,7 +133,7 @@ def check_dataset(
             Problem(str(split_file), f"id {image_id!r} has no files at all") for image_id in sorted(nothing_found)
         ]
         problems += [
-            Problem(path, f"{message}, listed in {split}.txt")
+            Problem(path, f"{message}, listed in {split_file.name}")
             for image_id, path, message in located.missing_files
             if image_id not in nothing_found
         ]
@@ -197,6 +211,12 @@ def _probe_sample(layout: Layout, paths: dict[str, Path]) -> str:
 def _signature(layout: Layout, paths: dict[str, Path]) -> str | None:
     """Cache key of one sample: its files' paths, sizes and modification times (None if a file vanished)."""
     parts = [layout.name, VALIDATION_VERSION]
+    if layout.source is not None:  # a generic dataset's rules come from its manifest: a changed one re-validates
+        try:
+            stat = os.stat(layout.source)
+        except OSError:
+            return None
+        parts.append([layout.source, stat.st_size, stat.st_mtime_ns])
     for kind in sorted(paths):
         try:
             stat = os.stat(paths[kind])
@@ -208,7 +228,8 @@ def _signature(layout: Layout, paths: dict[str, Path]) -> str | None:
 
 def _cache_file(cache_dir: Path, dataset: MultiTaskDataset) -> Path:
     key = hashlib.sha1(f"{dataset.layout.name}:{dataset.root.resolve()}".encode()).hexdigest()[:16]
-    return cache_dir / f"validated-{dataset.layout.name}-{key}.json"
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in dataset.layout.name)  # a manifest's name
+    return cache_dir / f"validated-{name}-{key}.json"
 
 
 def _read_cache(path: Path) -> dict[str, str]:

@@ -13,7 +13,7 @@ Raw sample (before transforms), all tensors with the image's size H × W:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +23,6 @@ from torch.utils.data import Dataset
 
 from pamm.data.io import DatasetError, fail
 from pamm.data.transforms import build_transforms
-from pamm.tasks import dataset_spec
 
 ON_ERROR = ("raise", "skip")
 """What a dataset does with a sample whose files fail to load (``data.on_error``)."""
@@ -50,10 +49,14 @@ class Layout:
     """How a dataset is stored on disk and decoded.
 
     Attributes:
-        name: dataset key in :data:`pamm.tasks.DATASETS`.
+        name: dataset name (:data:`pamm.tasks.DATASETS` key or a manifest's ``name``).
         split_folder: folder of the ``<split>.txt`` files (one image id per line).
+        split_files: split name -> its list file relative to the root, instead of ``split_folder`` (a manifest's
+            ``splits``).
+        source: the file that describes the layout (a manifest), for messages; None for built-in layouts.
         files: kind of file → where it lives.
-        task_files: task → kinds of file it needs (the ``"image"`` kind is always needed).
+        task_files: task → kinds of file it needs (the ``"image"`` kind is always needed); its keys are the dataset's
+            tasks in canonical order.
         decode: ``decode(kind, path)`` reads and validates one file, returning a NumPy array (or ``None`` where the
             kind allows "no annotation"); raises :class:`DatasetError`.
         assemble: ``assemble(decoded, tasks)`` turns the decoded files of one image into the raw sample's task
@@ -70,6 +73,14 @@ class Layout:
     decode: Callable[[str, Path], np.ndarray | None]
     assemble: Callable[[dict[str, np.ndarray | None], tuple[str, ...]], dict[str, torch.Tensor]]
     probes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    split_files: Mapping[str, str] | None = None
+    source: str | None = None
+
+    def split_path(self, root: Path, split: str) -> Path:
+        """The list file of ``split``: ``split_files[split]`` when given, else ``<split_folder>/<split>.txt``."""
+        if self.split_files is not None:
+            return root / self.split_files[split]
+        return root / self.split_folder / f"{split}.txt"
 
     def kinds_for(self, tasks: Sequence[str]) -> tuple[str, ...]:
         """The kinds of file needed for ``tasks``, image first, each once."""
@@ -81,7 +92,7 @@ class Layout:
 
 def resolve_tasks(layout: Layout, tasks: Sequence[str] | None) -> tuple[str, ...]:
     """Validate ``tasks`` against the dataset's tasks; ``None`` means all of them, in canonical order."""
-    known = dataset_spec(layout.name).tasks
+    known = tuple(layout.task_files)
     if tasks is None:
         return known
     unknown = [task for task in tasks if task not in known]
@@ -95,11 +106,15 @@ def read_split(layout: Layout, root: Path, split: str) -> list[str]:
     unreadable, or lists no id."""
     if not root.is_dir():
         raise fail(root, f"dataset root is not a folder (expected the {layout.name} dataset root)")
-    path = root / layout.split_folder / f"{split}.txt"
+    if layout.split_files is not None and split not in layout.split_files:
+        raise fail(layout.source or root, f"no split {split!r}; its splits: {', '.join(layout.split_files)}")
+    path = layout.split_path(root, split)
     if not path.is_file():
+        what = "a folder" if path.is_dir() else "missing"
+        if layout.split_files is not None:
+            raise fail(path, f"{what} split file (expected one image id per line, as {layout.source} says)")
         folder = path.parent
         found = sorted(p.stem for p in folder.glob("*.txt")) if folder.is_dir() else []
-        what = "a folder" if path.is_dir() else "missing"
         raise fail(path, f"{what} split file (expected one image id per line; splits found here: {found})")
     try:
         with open(path, encoding="utf-8") as handle:
@@ -253,7 +268,7 @@ class MultiTaskDataset(Dataset):
         nothing would be left."""
         keep = [i for i, image_id in enumerate(self.ids) if image_id not in bad]
         if not keep:
-            split_file = self.root / self.layout.split_folder / f"{self.split}.txt"
+            split_file = self.layout.split_path(self.root, self.split)
             first = next(iter(bad.values()), "")
             raise DatasetError(f"{split_file}: every one of its {len(self.ids)} samples is damaged (first: {first})",
                                path=split_file)

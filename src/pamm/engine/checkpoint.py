@@ -27,11 +27,12 @@ from torch import Tensor
 from ..config import Config, ConfigError, config_from_checkpoint, config_to_dict
 from ..errors import InputError
 from ..fs import AtomicGroup, atomic_write
+from ..tasks import DatasetSpec
 
 __all__ = [
     "CheckpointError", "save_weights", "load_weights", "read_checkpoint_config", "read_checkpoint_metadata",
     "load_model", "save_state", "load_state", "save_checkpoint", "link_or_copy", "check_state_dict_fits",
-    "config_differences", "identify_file", "FORMAT",
+    "config_differences", "identify_file", "stored_dataset_spec", "FORMAT",
 ]  # fmt: skip
 
 FORMAT = "pamm-checkpoint-1"
@@ -288,22 +289,35 @@ def check_state_dict_fits(model: torch.nn.Module, state: dict[str, Tensor], sour
 
 
 def load_model(path: Path, device: str | torch.device = "cpu", cfg: Config | None = None):
-    """Rebuild the model stored in a weights file (its own config unless ``cfg`` is given) on ``device``.
+    """Rebuild the model stored in a weights file (its own config unless ``cfg`` is given; heads and label space
+    from the dataset spec stored with it, so no dataset folder is needed) on ``device``.
 
     Returns (model in eval mode, config)."""
     from ..models import build_model
 
-    state, stored, _ = load_weights(Path(path))
+    state, stored, extra = load_weights(Path(path))
     cfg = cfg or stored
+    spec = stored_dataset_spec(extra, path)
     if cfg is not stored:  # a mismatch is found on a model without memory, before allocating the real one
         with torch.device("meta"):
-            skeleton = build_model(cfg, load_backbone_weights=False)
+            skeleton = build_model(cfg, load_backbone_weights=False, spec=spec)
         check_state_dict_fits(skeleton, state, f"checkpoint {path}", stored, cfg)
         del skeleton
-    model = build_model(cfg, load_backbone_weights=False)
+    model = build_model(cfg, load_backbone_weights=False, spec=spec)
     check_state_dict_fits(model, state, f"checkpoint {path}", stored, cfg)
     model.load_state_dict(state)
     return model.to(device).eval(), cfg
+
+
+def stored_dataset_spec(extra: dict[str, Any], path: Path) -> DatasetSpec | None:
+    """The label space a checkpoint's model was trained with (its ``extra["dataset_spec"]``, written by the
+    trainer), or None for checkpoints that predate it (their config's benchmark dataset says it)."""
+    if "dataset_spec" not in extra:
+        return None
+    try:
+        return DatasetSpec.from_dict(extra["dataset_spec"])
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path}: stored dataset spec is invalid: {e}") from None
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:

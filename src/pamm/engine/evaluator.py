@@ -14,10 +14,11 @@ from torch.utils.data import DataLoader
 
 from ..config import Config
 from ..data import LoadGuard, MultiTaskDataset, build_transforms, collate
+from ..errors import InputError
 from ..fs import atomic_write_bytes
 from ..metrics import build_meters
 from ..models.pamm import ModelMeta
-from ..tasks import postprocess
+from ..tasks import label_space_difference, postprocess
 from .distributed import DistInfo, all_reduce_arrays
 from .loading import next_batch, prepare_split, shutdown_workers, worker_init
 
@@ -78,10 +79,17 @@ def evaluate(model: torch.nn.Module, cfg: Config, device: torch.device | str = "
     if max_images is not None and max_images < 1:
         raise ValueError(f"max_images must be >= 1, got {max_images}")
     device = torch.device(device)
-    tasks = cfg.data.task_list
+    data_spec = cfg.data.spec
+    meta = getattr(model, "meta", None)
+    spec = meta.spec if meta is not None else data_spec  # the label space the model was trained with
+    tasks = list(meta.tasks) if meta is not None else cfg.data.task_list
+    difference = label_space_difference(spec, data_spec, tasks)
+    if difference:
+        raise InputError(f"the model was trained on another label space than the data in {cfg.data.root} "
+                         f"({difference})")
     if dataset is None:
         dataset = prepare_split(cfg, split, eval_transform(cfg), dist)
-    meters = build_meters(cfg.data.dataset, tasks, edge=cfg.eval.edge, edge_workers=cfg.eval.edge_workers,
+    meters = build_meters(spec, tasks, edge=cfg.eval.edge, edge_workers=cfg.eval.edge_workers,
                           sal_double_sigmoid=cfg.eval.sal_double_sigmoid)
     loader, n = _loader(cfg, dataset, dist, max_images)
     was_training = model.training
@@ -255,7 +263,7 @@ def compute_baselines(cfg: Config, split: str = "val", max_images: int | None = 
         constants[t] = int(np.argmax(c))
     if "normals" in tasks:
         constants["normals"] = _best_constant_normal(normal_sum, np.concatenate(normal_samples)).tolist()
-    meters = build_meters(cfg.data.dataset, tasks, edge=cfg.eval.edge, edge_workers=cfg.eval.edge_workers)
+    meters = build_meters(cfg.data.spec, tasks, edge=cfg.eval.edge, edge_workers=cfg.eval.edge_workers)
     val = prepare_split(cfg, split, transform)
     n = len(val) if max_images is None else min(max_images, len(val))
     for i in range(n):

@@ -48,7 +48,7 @@ from ..errors import InputError, Interrupted, ResourceError, Terminated
 from ..fs import atomic_write_text, make_folders
 from ..losses import LOCAL, DistributedReducer, MultiTaskLoss
 from ..models import build_model
-from ..tasks import dataset_spec
+from ..tasks import label_space_difference
 from .checkpoint import (
     CheckpointError,
     check_state_dict_fits,
@@ -57,6 +57,7 @@ from .checkpoint import (
     load_weights,
     read_checkpoint_metadata,
     save_checkpoint,
+    stored_dataset_spec,
 )
 from .distributed import (
     DistInfo,
@@ -376,14 +377,15 @@ class Trainer:
         if self.resume:
             self._resume_from = broadcast_object(self._resume_from)
             self._check_resume_step()
-        self.tasks = cfg.data.task_list
-        spec = dataset_spec(cfg.data.dataset)
+        self.tasks = cfg.data.task_list  # a generic dataset's dataset.yaml is read (and checked) here
+        self.spec = spec = cfg.data.spec
+        cfg.check_loss_weights(self.tasks)
         train_tf = build_transforms(train=True, size=tuple(cfg.data.train_size), multiple=cfg.model.backbone.patch_size,
                                     scale_range=tuple(cfg.data.scale_range))
         self.train_set = prepare_split(cfg, "train", train_tf, self.dist, self.log, self.warn, self.progress)
         self.val_set = prepare_split(cfg, "val", eval_transform(cfg), self.dist, self.log, self.warn, self.progress)
         EpochSampler(len(self.train_set), cfg.train.batch_size, self.dist.world_size, 0, 0)  # enough images?
-        model = build_model(cfg, load_backbone_weights=not self.resume)
+        model = build_model(cfg, load_backbone_weights=not self.resume, spec=spec)
         # the weights above are identical on every process; from here on each process draws its own router
         # noise and drop-path masks
         torch.manual_seed(cfg.train.seed + 1_000_003 * self.dist.rank)
@@ -426,7 +428,12 @@ class Trainer:
     def _restore(self) -> None:
         weights, state_path = self._resume_from
         # verified by the main process when it chose them (under the run's lock): read without hashing again
-        tensors, stored_cfg, _ = load_weights(weights, verify=False)
+        tensors, stored_cfg, extra = load_weights(weights, verify=False)
+        stored_spec = stored_dataset_spec(extra, weights)
+        difference = stored_spec and label_space_difference(stored_spec, self.spec, self.tasks)
+        if difference:
+            raise InputError(f"--resume: {weights} was trained on another label space than {self.cfg.data.root} "
+                             f"holds now ({difference})")
         check_state_dict_fits(self.model, tensors, f"checkpoint {weights}", stored_cfg, self.cfg)
         self.model.load_state_dict(tensors)
         state = load_state(state_path, verify=False)
@@ -467,7 +474,7 @@ class Trainer:
         tic = time.perf_counter()
         weights, state_path = checkpoint_paths(self.run_dir, self.step)
         previous = checkpoint_steps(self.run_dir)
-        extra = {"step": self.step, "tasks": self.tasks}
+        extra = {"step": self.step, "tasks": self.tasks, "dataset_spec": self.spec.to_dict()}
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "rng": rng, "step": self.step, "nonfinite": self.nonfinite, "best_score": self.best_score,
                  "reference": json.dumps(self.reference) if self.reference else "",

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, ResourceError
-from ..tasks import DATASETS, postprocess
+from ..tasks import postprocess
 
 __all__ = ["ONNX_OPSET", "FORMATS", "OnnxGraph", "ExportReport", "export_onnx", "export_size", "parse_size",
            "compare_outputs", "check_output_path"]  # fmt: skip
@@ -163,7 +163,7 @@ def _metadata(model: nn.Module, size: tuple[int, int], postprocess_outputs: bool
     from .. import __version__
 
     meta = model.meta
-    spec = DATASETS.get(meta.dataset)
+    spec = meta.spec
     outputs = {t: (_OUTPUT_DOC.get(t, "float32") if postprocess_outputs
                    else f"float32 raw head output (batch, {meta.num_outputs[t]}, H, W)") for t in meta.tasks}
     entries = {

@@ -129,8 +129,10 @@ def _from_weights(weights: Path, kind, source, device, runtime, load_weights, bu
         state, cfg, extra = load_weights(weights)
     except checkpoint_error as e:
         raise InputError(str(e).splitlines()[0]) from None
-    model = build_model(dataclasses.replace(cfg, runtime=runtime or RuntimeConfig()), load_backbone_weights=False)
-    from ..engine.checkpoint import check_state_dict_fits
+    from ..engine.checkpoint import check_state_dict_fits, stored_dataset_spec
+
+    model = build_model(dataclasses.replace(cfg, runtime=runtime or RuntimeConfig()), load_backbone_weights=False,
+                        spec=stored_dataset_spec(extra, weights))  # a generic dataset's label space, no folder needed
 
     try:
         check_state_dict_fits(model, state, f"checkpoint {weights}")

@@ -16,7 +16,7 @@ from pamm.metrics.multitask import TASK_METRICS, main_metric, multitask_gain, ta
 from pamm.metrics.normals import NormalsMeter
 from pamm.metrics.saliency import SaliencyMeter
 from pamm.metrics.segmentation import SegmentationMeter
-from pamm.tasks import dataset_spec
+from pamm.tasks import DatasetSpec, dataset_spec
 
 __all__ = [
     "Meter",
@@ -38,17 +38,19 @@ __all__ = [
 
 
 def build_meters(
-    dataset: str,
+    dataset: str | DatasetSpec,
     tasks: Iterable[str],
     *,
     edge: bool = True,
     edge_workers: int = 0,
     sal_double_sigmoid: bool = False,
 ) -> dict[str, Meter]:
-    """One meter per task, configured for ``dataset`` (``"nyud"`` or ``"pascal"``).
+    """One meter per task, configured for ``dataset`` (``"nyud"``, ``"pascal"`` or a :class:`~pamm.tasks.DatasetSpec`,
+    e.g. a generic dataset's).
 
-    Edges use the dataset's SEISM tolerance and ground-truth convention (``seg2bmap`` of the NYUD-v2 boundary PNG,
-    the already thin PASCAL-Context boundaries as they are) and score images in ``edge_workers`` processes. With
+    Segmentation meters get the dataset's class count and names; depth scores ``0 < gt < spec.max_depth``; edges use
+    the dataset's SEISM tolerance and ground-truth convention (``spec.edge_gt``: ``seg2bmap`` of the NYUD-v2 boundary
+    PNG, the already thin PASCAL-Context boundaries as they are) and score images in ``edge_workers`` processes. With
     ``edge=False`` the same protocol runs on the 9 thresholds of :data:`QUICK_THRESHOLDS` instead of SEISM's 101,
     about ten times faster, for quick validation during training (a subset of the thresholds: its odsF is never
     higher than the full one). ``sal_double_sigmoid`` reproduces the authors' saliency bug (see
@@ -58,19 +60,18 @@ def build_meters(
     meters: dict[str, Meter] = {}
     for task in tasks:
         if task not in spec.tasks:
-            raise ValueError(f"task {task!r} is not a task of {dataset!r} {spec.tasks}")
+            raise ValueError(f"task {task!r} is not a task of {spec.name!r} {spec.tasks}")
         if task in ("semseg", "human_parts"):
             meters[task] = SegmentationMeter(spec.num_outputs[task], spec.class_names.get(task))
         elif task == "depth":
-            meters[task] = DepthMeter()
+            meters[task] = DepthMeter(max_depth=spec.max_depth)
         elif task == "normals":
             meters[task] = NormalsMeter()
         elif task == "sal":
             meters[task] = SaliencyMeter(double_sigmoid=sal_double_sigmoid)
         elif task == "edge":
-            gt_boundary = "seg2bmap" if dataset == "nyud" else "thin"
             thresholds = SEISM_THRESHOLDS if edge else QUICK_THRESHOLDS
             meters[task] = EdgeMeter(
-                spec.edge_max_dist, thresholds=thresholds, gt_boundary=gt_boundary, workers=edge_workers
+                spec.edge_max_dist, thresholds=thresholds, gt_boundary=spec.edge_gt, workers=edge_workers
             )
     return meters

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pamm.tasks import dataset_spec
+from pamm.tasks import DatasetSpec, dataset_spec
 
 __all__ = ["TASK_METRICS", "main_metric", "task_gains", "multitask_gain"]
 
@@ -33,18 +33,19 @@ def main_metric(task: str, metrics: Mapping) -> tuple[float, bool]:
     return float(metrics[key]), higher_is_better
 
 
-def task_gains(results: Mapping, single_task: Mapping, dataset: str) -> dict[str, float]:
+def task_gains(results: Mapping, single_task: Mapping, dataset: str | DatasetSpec) -> dict[str, float]:
     """Signed relative gain in % per task, in the dataset's task order.
 
     Args:
         results: task → the multi-task model's metrics (a meter's ``compute()`` dict, or the metric value itself).
         single_task: task → the single-task baseline, in the same forms.
-        dataset: ``"nyud"`` or ``"pascal"``; its tasks present in ``results`` are scored.
+        dataset: ``"nyud"``, ``"pascal"`` or a :class:`~pamm.tasks.DatasetSpec`; its tasks present in ``results``
+            are scored.
     """
     spec = dataset_spec(dataset)
     unknown = sorted(set(results) - set(spec.tasks))
     if unknown:
-        raise ValueError(f"tasks {unknown} are not tasks of {dataset!r} {spec.tasks}")
+        raise ValueError(f"tasks {unknown} are not tasks of {spec.name!r} {spec.tasks}")
     tasks = [task for task in spec.tasks if task in results]
     if not tasks:
         raise ValueError("results hold no task to score")
@@ -62,7 +63,7 @@ def task_gains(results: Mapping, single_task: Mapping, dataset: str) -> dict[str
     return gains
 
 
-def multitask_gain(results: Mapping, single_task: Mapping, dataset: str) -> float:
+def multitask_gain(results: Mapping, single_task: Mapping, dataset: str | DatasetSpec) -> float:
     """Δm in % (see the module docstring and :func:`task_gains` for the arguments)."""
     gains = task_gains(results, single_task, dataset)
     return sum(gains.values()) / len(gains)

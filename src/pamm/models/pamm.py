@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config import ACTIVATION_CHECKPOINT_PLACES, Config, ModelConfig, RuntimeConfig
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
-from ..tasks import dataset_spec
+from ..tasks import DATASETS, DatasetSpec, dataset_spec
 from .backbone import build_backbone
 from .heads import StageFusion, TaskHead
 from .pame import PAMEStage
@@ -28,7 +28,7 @@ class ModelMeta:
     """What a user of a trained model needs besides its weights (torchvision-style metadata).
 
     Attributes:
-        dataset: the label space (``nyud`` / ``pascal``).
+        dataset: the label space's name: a benchmark (``nyud`` / ``pascal``) or a generic dataset's manifest name.
         tasks: predicted tasks, in output order.
         num_outputs: channels of each head.
         train_size: (H, W) the model was built for (the sliding-window size of inference).
@@ -36,6 +36,9 @@ class ModelMeta:
         mean, std: input normalisation (RGB in [0, 1]).
         test_size: (H, W) of evaluation: minimum padded size, and the scale photos are resized to for inference
             (None: ``train_size``).
+        label_space: the :class:`~pamm.tasks.DatasetSpec` of a label space that is not a benchmark's (a generic
+            dataset: its classes, palettes and metric constants, so that a checkpoint needs no dataset folder);
+            None for the benchmarks. :attr:`spec` gives the spec in both cases.
     """
 
     dataset: str
@@ -46,15 +49,22 @@ class ModelMeta:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     test_size: tuple[int, int] | None = None
+    label_space: DatasetSpec | None = None
 
     @classmethod
-    def from_config(cls, cfg: Config) -> ModelMeta:
-        """The metadata of the model an experiment config builds (tasks and head sizes from its dataset)."""
-        spec = dataset_spec(cfg.data.dataset)
-        tasks = tuple(cfg.data.task_list)
+    def from_config(cls, cfg: Config, spec: DatasetSpec | None = None) -> ModelMeta:
+        """The metadata of the model an experiment config builds: tasks and head sizes from ``spec`` (default: the
+        config's dataset, ``cfg.data.spec``; a checkpoint passes the label space it was trained with)."""
+        spec = spec or cfg.data.spec
+        tasks = spec.select(cfg.data.tasks, "config key 'data.tasks'")
         return cls(dataset=spec.name, tasks=tasks, num_outputs={t: spec.num_outputs[t] for t in tasks},
                    train_size=tuple(cfg.data.train_size), stride=cfg.model.backbone.patch_size,
-                   test_size=tuple(cfg.data.test_size))
+                   test_size=tuple(cfg.data.test_size), label_space=None if DATASETS.get(spec.name) == spec else spec)
+
+    @property
+    def spec(self) -> DatasetSpec:
+        """The label space as a :class:`~pamm.tasks.DatasetSpec` (class names, palettes, metric constants)."""
+        return self.label_space if self.label_space is not None else dataset_spec(self.dataset)
 
     def transforms(self) -> EvalTransform:
         """The evaluation transform (normalise, pad; the resolution rule for photos) this model expects."""
@@ -174,8 +184,9 @@ class PAMM(nn.Module, PretrainedMixin):
         return (outputs, routing) if return_routing else outputs
 
 
-def build_model(cfg: Config, load_backbone_weights: bool = True) -> PAMM:
-    """Build the model of an experiment config (tasks and head sizes from its dataset, execution settings from
-    ``cfg.runtime``)."""
-    return PAMM(cfg.model, ModelMeta.from_config(cfg), load_backbone_weights=load_backbone_weights,
+def build_model(cfg: Config, load_backbone_weights: bool = True, spec: DatasetSpec | None = None) -> PAMM:
+    """Build the model of an experiment config: tasks and head sizes from ``spec`` (default: the config's dataset,
+    ``cfg.data.spec``; a checkpoint passes the label space it was trained with), execution settings from
+    ``cfg.runtime``."""
+    return PAMM(cfg.model, ModelMeta.from_config(cfg, spec), load_backbone_weights=load_backbone_weights,
                 runtime=cfg.runtime)

@@ -33,6 +33,7 @@ from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 
 from ..config import ConfigError, RuntimeConfig, config_from_checkpoint, config_to_dict
 from ..errors import InputError, ResourceError
+from ..tasks import DatasetSpec
 
 __all__ = ["PretrainedMixin", "PRETRAINED_FORMAT", "CONFIG_FILE", "WEIGHTS_FILE", "CARD_FILE", "file_sha256",
            "is_pretrained_folder"]  # fmt: skip
@@ -113,8 +114,10 @@ def _meta_from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     try:
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
+        if values.get("label_space") is not None:  # a generic dataset's label space (pamm.tasks.DatasetSpec)
+            values["label_space"] = DatasetSpec.from_dict(values["label_space"])
         return cls(**values)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise InputError(f"{where}: invalid \"meta\" entry ({e})") from None
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from pamm.errors import InputError, ResourceError
 from pamm.fs import StagedFolder, atomic_write_bytes
 
-from .layouts import SPLITS, WRITERS, DatasetLayout, get_layout
+from .layouts import SPLITS, WRITERS, DatasetLayout, GenericLayout, get_layout
 from .render import check_size, render_scene
 from .scene import STYLES
 
@@ -59,6 +59,7 @@ def read_marker(folder: Path) -> dict | None:
         valid = (info["generator"] == _GENERATOR and info["layout"] in WRITERS
                  and all(type(count) is int and 0 <= count <= _MAX_IMAGES for count in counts)
                  and info.get("owns_folder", False) is True)  # fmt: skip
+        get_layout(info["layout"], info.get("tasks"))  # a generic marker names valid tasks
         # (owns_folder false: an older version wrote into a folder it had not created, with overwrite=True)
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
@@ -67,7 +68,7 @@ def read_marker(folder: Path) -> dict | None:
 
 def _expected_files(info: dict) -> set[str]:
     """Relative paths of every file the run described by marker ``info`` (from :func:`read_marker`) writes."""
-    writer = WRITERS[info["layout"]]
+    writer = get_layout(info["layout"], info.get("tasks"))
     files = {MARKER_FILE, *writer.list_paths()}
     for split in SPLITS:
         for index in range(info["counts"][split]):
@@ -150,8 +151,8 @@ def _check_count(name: str, value) -> int:
 
 def _render_example(job: tuple) -> tuple[str, dict[str, bytes], dict]:
     """Render and encode one example: (image id, relative path -> file bytes, record for the split lists)."""
-    layout, seed, split, index, size = job
-    writer = WRITERS[layout]
+    layout, seed, split, index, size, tasks = job
+    writer = get_layout(layout, tasks)
     scene = render_scene(scene_rng(seed, writer.style, split, index), size, writer.style)
     iid = writer.image_id(split, index)
     files, record = writer.encode(iid, scene)
@@ -189,8 +190,9 @@ def _missing_ancestors(folder: Path) -> list[Path]:
 
 def synthesize(out: Path, layout: str, n_train: int, n_val: int, size: tuple[int, int], seed: int,
                preview: Path | None = None, progress: bool = True, *, overwrite: bool = False,
-               workers: int = 1) -> dict:  # fmt: skip
-    """Write a synthetic dataset in the real NYUDv2 or PASCAL-Context layout under ``out``.
+               workers: int = 1, tasks: Sequence[str] | None = None) -> dict:  # fmt: skip
+    """Write a synthetic dataset in the real NYUDv2 or PASCAL-Context layout, or the generic manifest format
+    (``docs/dataset-format.md``), under ``out``.
 
     Files: see :mod:`pamm.data.synth.layouts` (ids from :func:`~pamm.data.synth.image_id`). Image ``index`` of a
     split is rendered from :func:`scene_rng`, so the same seed gives byte-identical files and more images never
@@ -204,7 +206,7 @@ def synthesize(out: Path, layout: str, n_train: int, n_val: int, size: tuple[int
 
     Args:
         out: data root; the dataset goes to ``out / DATASET_FOLDERS[layout]``.
-        layout: ``"nyud"`` or ``"pascal"``.
+        layout: ``"nyud"``, ``"pascal"`` or ``"generic"``.
         n_train, n_val: number of images per split (>= 0, at least one in total).
         size: (height, width) pixels, each in [32, 4096].
         seed: non-negative integer.
@@ -213,16 +215,19 @@ def synthesize(out: Path, layout: str, n_train: int, n_val: int, size: tuple[int
         progress: show a tqdm progress bar.
         overwrite: replace an existing synthetic dataset (and preview file) as described above.
         workers: processes used to render (1 = in this process).
+        tasks: ``generic`` only: the tasks to write (default: all six, see
+            :class:`~pamm.data.synth.layouts.GenericLayout`).
 
     Returns a summary dict: ``layout``, ``root`` (dataset folder), ``counts`` ({split: n}), ``images``, ``files``,
     ``size``, ``seed``, ``seconds``, ``images_per_second``, ``preview`` (path or None), ``replaced`` (whether an
-    earlier dataset was replaced) and, for PASCAL, ``with_people`` (images whose part annotation has a person).
+    earlier dataset was replaced), for PASCAL ``with_people`` (images whose part annotation has a person) and for
+    generic ``tasks``.
 
     Raises:
         InputError (a ValueError): a bad argument; :class:`SynthOutputExistsError` when the destination may not be
         written. ResourceError (an OSError): the disk filled up or a folder is not writable (names the file).
     """
-    writer: DatasetLayout = get_layout(layout)
+    writer: DatasetLayout = get_layout(layout, tasks)
     n_train, n_val = _check_count("n_train", n_train), _check_count("n_val", n_val)
     if n_train + n_val == 0:
         raise InputError("n_train + n_val must be at least 1, got 0 images in total")
@@ -245,9 +250,13 @@ def synthesize(out: Path, layout: str, n_train: int, n_val: int, size: tuple[int
     replacing = _may_replace(root, overwrite)
 
     counts = {"train": n_train, "val": n_val}
-    jobs = [(writer.name, seed, split, i, size) for split in SPLITS for i in range(counts[split])]
+    tasks = list(writer.tasks) if isinstance(writer, GenericLayout) else None
+    jobs = [(writer.name, seed, split, i, size, tasks and tuple(tasks)) for split in SPLITS
+            for i in range(counts[split])]  # fmt: skip
     marker = {"generator": _GENERATOR, "format_version": _FORMAT_VERSION, "layout": writer.name, "counts": counts,
               "size": list(size), "seed": seed, "owns_folder": True, "complete": True}  # fmt: skip
+    if tasks is not None:
+        marker["tasks"] = tasks
     from tqdm import tqdm
 
     created = _missing_ancestors(out)
@@ -278,9 +287,10 @@ def synthesize(out: Path, layout: str, n_train: int, n_val: int, size: tuple[int
 
                 picks = [("train", i) for i in range(min(n_train, 4))]
                 picks += [("val", i) for i in range(min(n_val, 4 - len(picks)))]
-                scenes = [render_scene(scene_rng(seed, writer.style, s, i), size, writer.style) for s, i in picks]
+                scenes = [writer.preview_scene(render_scene(scene_rng(seed, writer.style, s, i), size, writer.style))
+                          for s, i in picks]  # fmt: skip
                 buffer = io.BytesIO()
-                contact_sheet(scenes, writer.style).save(buffer, format="PNG", optimize=True)
+                contact_sheet(scenes, writer.labels).save(buffer, format="PNG", optimize=True)
                 atomic_write_bytes(preview, buffer.getvalue())
     except BaseException as e:
         for folder in created:  # folders this run created for ``out``, if still empty
@@ -306,5 +316,7 @@ def synthesize(out: Path, layout: str, n_train: int, n_val: int, size: tuple[int
         "preview": str(preview) if preview is not None else None,
         "replaced": replacing,
     }
+    if tasks is not None:
+        summary["tasks"] = tasks
     summary.update(writer.summary(records))
     return summary

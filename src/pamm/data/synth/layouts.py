@@ -9,6 +9,12 @@ registered in :data:`WRITERS`.
 ``depth/<id>.npy`` (float32 (H, W), metres); ``segmentation/<id>.png`` (L uint8, 0 void, 1..40 = NYUD-40 class + 1);
 ``normals/<id>.png`` (RGB uint8, normal = 2 v / 255 - 1); ``edge/<id>.png`` (L uint8, 0 / 255).
 
+``generic`` (``generic/``): a dataset of the manifest format (:mod:`pamm.manifest`, ``docs/dataset-format.md``)
+with any subset of the six tasks (:class:`GenericLayout`): ``dataset.yaml``; ``splits/{train,val}.txt``;
+``images/<id>.png``; ``semseg/<id>.png`` (5 classes of its own, :data:`GENERIC_CLASSES`); ``depth/<id>.png``
+(16-bit, millimetres); ``normals/<id>.png``; ``edge/<id>.png`` and ``sal/<id>.png`` (0 / 255);
+``human_parts/<id>.png`` (0 background, 1..6 the six parts). Its scenes are the PASCAL style's (people included).
+
 ``pascal`` (``PASCALContext/``): ``ImageSets/Context/{train,val}.txt`` (ids); ``JPEGImages/<id>.jpg`` (RGB);
 ``semseg/pascal-context/<id>.png`` (L uint8, VOC 0..20); ``pascal-context/trainval/<id>.mat`` (``LabelMap`` uint16
 (H, W), PASCAL-Context labels); ``human_parts/<id>.mat`` (``anno`` struct, see :func:`parts_annotation`);
@@ -20,17 +26,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from functools import cache
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from pamm.tasks import PASCAL_CLASSES
+from pamm.errors import InputError
+from pamm.manifest import MANIFEST_FILE, Manifest, manifest_yaml, parse_manifest
+from pamm.tasks import HUMAN_PARTS, PASCAL_CLASSES, TASKS
 
 from .formats import encode_normals, jpeg_bytes, mat_bytes, npy_bytes, png_bytes
-from .vocabulary import FINE_PART_NAMES
+from .vocabulary import FINE_PART_NAMES, KINDS
 
-__all__ = ["SPLITS", "DatasetLayout", "NYUDLayout", "PascalLayout", "WRITERS", "LAYOUTS", "DATASET_FOLDERS",
-           "get_layout", "image_id", "parts_annotation"]  # fmt: skip
+__all__ = ["SPLITS", "DatasetLayout", "NYUDLayout", "PascalLayout", "GenericLayout", "WRITERS", "LAYOUTS",
+           "DATASET_FOLDERS", "GENERIC_CLASSES", "get_layout", "image_id", "parts_annotation"]  # fmt: skip
 
 SPLITS = ("train", "val")
 """The splits every layout writes (each may hold no image)."""
@@ -84,6 +94,15 @@ class DatasetLayout:
     def summary(self, records: Mapping[str, dict]) -> dict:
         """Extra entries of :func:`~pamm.data.synth.synthesize`'s summary."""
         return {}
+
+    def preview_scene(self, scene: Mapping[str, Any]) -> dict:
+        """The maps of a rendered scene that the preview sheet shows, as this layout labels them."""
+        return dict(scene)
+
+    @property
+    def labels(self) -> Any:
+        """The label space the preview colours classes with (a dataset name or spec)."""
+        return self.style
 
 
 def _id_list(ids: Sequence[str]) -> bytes:
@@ -203,7 +222,81 @@ class PascalLayout(DatasetLayout):
         return {"with_people": sum(1 for record in records.values() if _PERSON in record["classes"])}
 
 
-WRITERS: dict[str, DatasetLayout] = {layout.name: layout for layout in (NYUDLayout(), PascalLayout())}
+GENERIC_CLASSES = ("structure", "floor", "furniture", "object", "person")
+"""The semseg classes of the generic layout: a label space of its own (neither NYUD-40 nor VOC)."""
+
+_GENERIC_CLASS_OF_KIND = {
+    "wall": 0, "ceiling": 0, "door": 0, "window": 0, "picture": 0, "floor": 1, "cabinet": 2, "bed": 2, "chair": 2,
+    "sofa": 2, "table": 2, "lamp": 3, "tvmonitor": 3, "pottedplant": 3, "bottle": 3, "person": 4,
+}  # fmt: skip
+assert set(_GENERIC_CLASS_OF_KIND) == set(KINDS)
+
+GENERIC_TASKS = tuple(TASKS)
+"""Tasks the generic layout can write, in the order its manifest lists them."""
+
+
+@cache
+def _generic_manifest(tasks: tuple[str, ...]) -> Manifest:
+    entries = {"semseg": {"classes": list(GENERIC_CLASSES)}, "depth": {"encoding": "png16"}, "normals": {},
+               "edge": {}, "sal": {}, "human_parts": {"classes": list(HUMAN_PARTS)}}  # fmt: skip
+    data = {"version": 1, "name": "synth-rooms", "images": {"folder": "images", "suffix": ".png"},
+            "splits": {split: f"splits/{split}.txt" for split in SPLITS},
+            "tasks": {task: entries[task] for task in tasks}}  # fmt: skip
+    return parse_manifest(data, Path(GenericLayout.folder), source="the generic layout")
+
+
+class GenericLayout(DatasetLayout):
+    """A generic dataset (manifest format) holding ``tasks`` (default: all six); see the module docstring."""
+
+    name = "generic"
+    folder = "generic"
+    style = "pascal"
+
+    def __init__(self, tasks: Sequence[str] | None = None):
+        if tasks is not None and (isinstance(tasks, str) or not tasks or any(t not in GENERIC_TASKS for t in tasks)
+                                  or len(set(tasks)) != len(tasks)):  # fmt: skip
+            raise InputError(f"tasks must be distinct tasks among {', '.join(GENERIC_TASKS)}, got {tasks!r}")
+        self.tasks = tuple(t for t in GENERIC_TASKS if tasks is None or t in tasks)
+        self.manifest = _generic_manifest(self.tasks)
+        from pamm.data.generic import example_paths
+
+        self.example_files = tuple(example_paths(self.manifest, "{id}").values())
+
+    def image_id(self, split: str, index: int) -> str:
+        """``"train_000001"``-style."""
+        return f"{split}_{index + 1:06d}"
+
+    def _targets(self, scene: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        classes = np.array([_GENERIC_CLASS_OF_KIND[kind] for kind in scene["meta"]["kinds"]], dtype=np.uint8)
+        maps = {"semseg": classes[scene["instances"]], "depth": scene["depth"], "normals": scene["normals"],
+                "edge": scene["boundaries"], "sal": scene["saliency"], "human_parts": scene["human_parts"]}
+        return {task: maps[task] for task in self.tasks}
+
+    def _contents(self, iid, scene):
+        from pamm.data.generic import encode_targets
+
+        files = encode_targets(self.manifest, iid, self._targets(scene))
+        return (png_bytes(scene["image"]), *files.values()), {}
+
+    def list_paths(self):
+        return [*self.manifest.splits.values(), MANIFEST_FILE]
+
+    def lists(self, ids, records):
+        out = {path: _id_list(ids[split]) for split, path in self.manifest.splits.items()}
+        out[MANIFEST_FILE] = manifest_yaml(self.manifest).encode()
+        return out
+
+    def preview_scene(self, scene):
+        shown = {"image": scene["image"]}
+        shown.update({{"edge": "boundaries", "sal": "saliency"}.get(t, t): v for t, v in self._targets(scene).items()})
+        return shown
+
+    @property
+    def labels(self):
+        return self.manifest.spec
+
+
+WRITERS: dict[str, DatasetLayout] = {layout.name: layout for layout in (NYUDLayout(), PascalLayout(), GenericLayout())}
 """Layout name -> its writer."""
 
 LAYOUTS = tuple(WRITERS)
@@ -213,11 +306,22 @@ DATASET_FOLDERS = {name: layout.folder for name, layout in WRITERS.items()}
 """Name of the dataset folder created under ``out`` for each layout (the names the authors' configs use)."""
 
 
-def get_layout(layout: str) -> DatasetLayout:
-    """The writer of layout ``layout``; a ValueError names the known ones."""
+def get_layout(layout: str, tasks: Sequence[str] | None = None) -> DatasetLayout:
+    """The writer of layout ``layout`` (for ``generic``, of ``tasks``: None means all six); a ValueError names the
+    known ones."""
     if not isinstance(layout, str) or layout not in WRITERS:
         raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
-    return WRITERS[layout]
+    if tasks is None:
+        return WRITERS[layout]
+    if layout != GenericLayout.name:
+        raise InputError(f"tasks: only the generic layout writes a chosen subset of tasks; the {layout} layout "
+                         "always writes all of its own")
+    return _generic_writer(tuple(tasks))
+
+
+@cache
+def _generic_writer(tasks: tuple[str, ...]) -> GenericLayout:
+    return GenericLayout(tasks)
 
 
 def image_id(layout: str, split: str, index: int) -> str:

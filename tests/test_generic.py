@@ -364,9 +364,10 @@ def _tiny(root: Path, **overrides):
 
 
 def test_train_evaluate_predict_resume_on_a_two_task_dataset(two_task_root, tmp_path):
+    import pamm
+    from pamm.cli import main
     from pamm.engine.checkpoint import load_model, load_weights
     from pamm.engine.evaluator import evaluate
-    from pamm.engine.predictor import predict
     from pamm.engine.trainer import Trainer
 
     cfg = _tiny(two_task_root, train__iterations=2)
@@ -392,12 +393,17 @@ def test_train_evaluate_predict_resume_on_a_two_task_dataset(two_task_root, tmp_
     assert model.meta.spec.class_names["semseg"] == tuple(CLASSES) and model.meta.tasks == ("semseg", "depth")
     image = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(image)
-    written = predict(run / "checkpoints" / "best.safetensors", [image], tmp_path / "pred")
-    assert sorted(p.name for p in written) == ["photo_depth.npy", "photo_panel.png", "photo_semseg.npy"]
-    assert np.load(tmp_path / "pred" / "photo_semseg.npy").max() < 5
+    assert main(["predict", "--checkpoint", str(run), str(image), "--out", str(tmp_path / "pred")]) == 0
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == [
+        "photo_depth.npy", "photo_depth.png", "photo_panel.png", "photo_semseg.npy", "photo_semseg.png"]
+    semseg = np.load(tmp_path / "pred" / "photo_semseg.npy")
+    assert semseg.shape == (20, 30) and semseg.max() < 5
+    colours = Image.open(tmp_path / "pred" / "photo_semseg.png").getpalette()[: 3 * 5]  # the manifest's colours
+    assert colours == [v for i in range(5) for v in (10 * i, 0, 0)]
+    prediction = pamm.load(run)(np.zeros((20, 30, 3), np.uint8))
+    assert set(prediction) == {"semseg", "depth"}
 
     # export: a pretrained folder and ONNX, from the run folder, still without the dataset
-    from pamm.cli import main
     from pamm.interop.hub import load_trained
     from pamm.models import PAMM
 

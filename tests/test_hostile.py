@@ -7,6 +7,7 @@ Runs use the demo preset on a tiny embedded dataset (8 + 2 images of 64x96) for 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -160,6 +161,45 @@ def test_a_live_run_locks_its_folder_and_a_dead_one_does_not(run_copy, dataset, 
     assert rc == 0, err
     assert "resumed from step-0000004.safetensors at step 4" in (run_copy / "train.log").read_text()
     assert not (run_copy / ".pamm.lock").exists()  # released and removed at the end
+
+
+FORKING_HOLDER = """
+import os, sys, time
+from pathlib import Path
+from pamm.engine.run import RunLock
+Path(sys.argv[1]).mkdir(parents=True, exist_ok=True)
+RunLock(sys.argv[1], command="holder").acquire()
+if os.fork() == 0:  # like a DataLoader worker: inherits the locked descriptor, outlives its parent a while
+    time.sleep(60)
+    os._exit(0)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_killed_runs_forked_children_do_not_keep_its_folder_locked(tmp_path):
+    """SIGKILL leaves forked children (DataLoader workers) alive for a few seconds with the lock's descriptor; the
+    flock is still held, but by orphans of a dead training: `--resume` right after the kill must not be refused."""
+    from pamm.engine.run import RunLock, RunLocked
+
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", FORKING_HOLDER, str(run_dir)], stdout=subprocess.PIPE,
+                              text=True, env=subprocess_env(), start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLocked, match=f"pid {holder.pid} "):  # a live holder refuses
+            RunLock(run_dir).acquire()
+        holder.kill()
+        holder.wait()
+        lock = RunLock(run_dir)
+        lock.acquire()  # the orphan still holds the old file's flock
+        assert json.loads((run_dir / ".pamm.lock").read_text())["pid"] == os.getpid()
+        with pytest.raises(RunLocked, match=f"pid {os.getpid()} "):
+            RunLock(run_dir).acquire()  # and the new lock is a real one
+        lock.release()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(holder.pid, signal.SIGKILL)
 
 
 def test_lock_without_flock_detects_stale_locks_by_pid(tmp_path, monkeypatch):

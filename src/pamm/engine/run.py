@@ -13,7 +13,9 @@
 
 The lock is an advisory ``flock`` on ``.pamm.lock``, which also records the holder (pid, host, start time, command)
 for the message a second run gets. The operating system releases it when its process ends in any way (SIGKILL and
-crashes included), so a dead run's leftover file never blocks ``--resume``. Where the file system has no ``flock``
+crashes included), so a dead run's leftover file never blocks ``--resume``; processes the run forked (DataLoader
+workers) inherit the descriptor and can hold the flock a few seconds after their parent died, so a held lock whose
+recorded process is gone (same host) is treated as stale too. Where the file system has no ``flock``
 (some network file systems), the file's recorded pid is checked instead: on the same host a lock whose process no
 longer exists is stale and taken over.
 """
@@ -174,7 +176,10 @@ class RunLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                stale = self._held_only_by_orphans(fd)
                 os.close(fd)
+                if stale:
+                    continue
                 raise self._refuse() from None
             except OSError as e:
                 os.close(fd)
@@ -193,6 +198,22 @@ class RunLock:
         self._fd = fd
         os.ftruncate(fd, 0)
         os.write(fd, self._record())
+
+    def _held_only_by_orphans(self, fd: int) -> bool:
+        """The flock on ``fd``'s file is held, but the training recorded in it is a dead process of this host: the
+        lock survives only in processes it forked (DataLoader workers inherit the descriptor and linger for a few
+        seconds after their parent is killed). Unlink that file so the next attempt locks a fresh one."""
+        h = self.holder()
+        pid = h.get("pid")
+        if h.get("host") != socket.gethostname() or not isinstance(pid, int) or _pid_alive(pid):
+            return False
+        try:
+            if not os.path.samestat(os.fstat(fd), os.stat(self.path)):
+                return True  # someone replaced it meanwhile: just try again
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        return True
 
     def _acquire_by_pid(self) -> None:
         """Lock without flock: create the file exclusively; a file left by a dead process of this host is stale."""

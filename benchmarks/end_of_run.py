@@ -18,10 +18,12 @@ The run folder (the checkpoints of a 999 M-parameter model take about 16 GB) is 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -35,10 +37,40 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _follow(log: Path, seen: list, tic: float) -> None:
+    """Append the lines ``log`` gained since the last call, stamped with the seconds since ``tic``."""
+    if log.exists():
+        lines = log.read_text().splitlines()
+        now = time.time() - tic
+        seen.extend((now, line) for line in lines[len(seen):])
+
+
+def _pamm_processes(root: int) -> list[int]:
+    """The ``pamm`` processes among ``root`` and its descendants (torchrun's workers, which it starts in sessions of
+    their own, not its agent); Linux ``/proc``."""
+    parent, argv = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                parent[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+                argv[int(entry.name)] = (entry / "cmdline").read_bytes().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue
+    tree, grew = {root}, True
+    while grew:
+        kids = {pid for pid, pp in parent.items() if pp in tree} - tree
+        tree |= kids
+        grew = bool(kids)
+    return sorted(pid for pid in tree if b"pamm" in argv.get(pid, []) and b"torch.distributed.run" not in argv[pid])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="pascal-vitl")
     p.add_argument("--nproc", type=int, default=1, help="processes (GPUs) for torchrun")
+    p.add_argument("--launcher", choices=("torchrun", "plain"), default="torchrun",
+                   help="torchrun, or a plain `python -m pamm train` (one process) for comparison")
     p.add_argument("--images", type=int, default=24, help="training images of the embedded set")
     p.add_argument("--val", type=int, default=6, help="validation images")
     p.add_argument("--iterations", type=int, default=20)
@@ -64,25 +96,46 @@ def main() -> None:
                         "--train", str(args.images), "--val", str(args.val), "--size", f"{h}x{w}", "--quiet"],
                        env=env, check=True)
         print(f"rendered {args.images} + {args.val} images in {time.perf_counter() - tic:.1f} s", flush=True)
-    run = work / f"run-{args.preset}-{args.nproc}"
+    run = work / f"run-{args.preset}-{args.launcher}{args.nproc}"
     shutil.rmtree(run, ignore_errors=True)
     sets = [f"data.root={root}", f"train.iterations={args.iterations}", f"train.eval_every={args.iterations}",
             f"train.checkpoint_every={args.iterations}", "model.backbone.pretrained=false", *args.set]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc), "--master_addr",
-           "127.0.0.1", "--master_port", str(_free_port()), "-m", "pamm", "train", "--config", args.preset,
-           "--out", str(run), "--quiet", *[x for s in sets for x in ("--set", s)]]
+    if args.launcher == "torchrun":
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc), "--master_addr",
+                  "127.0.0.1", "--master_port", str(_free_port()), "-m", "pamm"]
+    else:
+        launch = [sys.executable, "-m", "pamm"]
+    cmd = [*launch, "train", "--config", args.preset, "--out", str(run), "--quiet",
+           *[x for s in sets for x in ("--set", s)]]
     print(" ".join(cmd), flush=True)
+    logs = Path(args.out).parent if args.out else work
+    logs.mkdir(parents=True, exist_ok=True)
+    stem = f"{args.preset}-{args.launcher}{args.nproc}"
+    out_f, err_f = open(logs / f"{stem}.stdout", "w"), open(logs / f"{stem}.stderr", "w")
     tic = time.time()
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    try:
-        rc = proc.wait(timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 15)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=out_f, stderr=err_f)
+    seen: list[tuple[float, str]] = []  # (seconds since launch, line) as train.log grows: phases even if it hangs
+    rc: int | str | None = None
+    while rc is None:
+        try:
+            rc = proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            if time.time() - tic > args.timeout:
+                rc = "timeout"
+        _follow(run / "train.log", seen, tic)
+    if rc == "timeout":  # where is it? every pamm process prints its threads' stacks on SIGUSR1 (pamm.cli)
+        for pid in _pamm_processes(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR1)
+        time.sleep(5)
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-        rc = "timeout"
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    out_f.close()
+    err_f.close()
     end = time.time()
     log = run / "train.log"
     text = log.read_text() if log.exists() else ""
@@ -90,7 +143,9 @@ def main() -> None:
     record = {"preset": args.preset, "nproc": args.nproc, "images": args.images, "val": args.val,
               "iterations": args.iterations, "exit_status": rc, "wall_s": round(end - tic, 1),
               "log_last_modified_to_exit_s": round(end - log.stat().st_mtime, 1) if log.exists() else None,
-              "timings": timings, "checkpoint_lines": re.findall(r"checkpoint .* written in [\d.]+ s", text),
+              "timings": timings, "train_log_seen_at_s": [[round(t, 1), line] for t, line in seen],
+              "stderr_tail": (logs / f"{stem}.stderr").read_text()[-6000:], "launcher": args.launcher,
+              "checkpoint_lines": re.findall(r"checkpoint .* written in [\d.]+ s", text),
               "command": cmd}
     print(json.dumps(record, indent=1))
     if args.out:

@@ -786,3 +786,13 @@ def test_readme_documents_the_exit_codes_of_pamm_errors():
     for code in (errors.EXIT_OK, errors.EXIT_INTERNAL, errors.EXIT_INPUT, errors.EXIT_RESOURCE, errors.EXIT_SIGINT,
                  errors.EXIT_SIGTERM):
         assert f"| {code} |" in section, code
+
+
+def test_sigusr1_prints_every_threads_stack_and_the_command_goes_on():
+    """How to see where a seemingly stuck `pamm train` is (each torchrun process): kill -USR1 PID."""
+    code = ("import os, signal; from pamm.cli import install_stack_dump; assert install_stack_dump(); "
+            "os.kill(os.getpid(), signal.SIGUSR1); print('still running')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "still running"
+    assert "Current thread" in r.stderr and 'File "<string>", line 1' in r.stderr

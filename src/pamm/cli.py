@@ -9,6 +9,8 @@ environment error (disk full, permission denied, a run folder in use); 130 / 143
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import io
 import os
 import shlex
 import signal
@@ -437,8 +439,21 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+def install_stack_dump() -> bool:
+    """``kill -USR1 <pid>`` prints every thread's Python stack to stderr and the command goes on (POSIX): how to see
+    where a training that seems stuck is (e.g. each process under torchrun). Returns whether it was installed."""
+    if not hasattr(signal, "SIGUSR1"):
+        return False
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+    except (ValueError, RuntimeError, io.UnsupportedOperation):  # not the main thread, or stderr has no descriptor
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    install_stack_dump()
     args = build_parser().parse_args(argv)  # usage errors: argparse prints them and exits with 2
     args.argv = argv
     command = args.command + (f" {args.data_command}" if args.command == "data" else "")

@@ -441,10 +441,13 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        rng = state["rng"][min(self.dist.rank, len(state["rng"]) - 1)]
-        rng = dict(rng, numpy=_plain_to_numpy_state(rng["numpy"]))
-        _set_rng_state(rng)
         self.step = self._saved_step = int(state["step"])
+        if self.dist.rank < len(state["rng"]):
+            rng = state["rng"][self.dist.rank]
+            _set_rng_state(dict(rng, numpy=_plain_to_numpy_state(rng["numpy"])))
+        else:  # a process the saved run did not have: its own stream, not a copy of another process's
+            torch.manual_seed(self.cfg.train.seed + 1_000_003 * self.dist.rank + self.step)
+        self._note_world_change(len(state["rng"]), state.get("batch_size"))
         self.nonfinite = int(state["nonfinite"])
         self.best_score = float(state["best_score"])
         self.reference = json.loads(state["reference"]) if state.get("reference") else None
@@ -452,6 +455,23 @@ class Trainer:
         self._pending_eval = bool(state.get("pending_eval", False))
         iterations = self.cfg.train.iterations
         self.log(f"resumed from {weights.name} at step {self.step} (train.iterations {iterations})")
+
+    def _note_world_change(self, saved_world: int, saved_batch: int | None) -> None:
+        """Resuming with another number of processes: say what happens to the global batch (the data order depends
+        only on the global batch, so keeping it continues the run as it would have gone on)."""
+        world, batch = self.dist.world_size, self.cfg.train.batch_size
+        if saved_world == world or saved_batch is None:
+            return
+        before, now = saved_world * saved_batch, world * batch
+        head = (f"--resume: the run was trained by {saved_world} process(es) x batch {saved_batch} and continues on "
+                f"{world} x {batch}")
+        if before == now:
+            self.log(f"{head}: global batch {now} kept, same data order")
+        else:
+            keep = (f"set train.batch_size={before // world} to keep it" if before % world == 0
+                    else f"no per-process batch keeps it on {world} process(es)")
+            self.warn(f"warning: {head}: the global batch changes from {before} to {now} and with it the data order "
+                      f"and the effective learning rate ({keep})")
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
 
@@ -479,7 +499,8 @@ class Trainer:
                  "rng": rng, "step": self.step, "nonfinite": self.nonfinite, "best_score": self.best_score,
                  "reference": json.dumps(self.reference) if self.reference else "",
                  "metrics": json.dumps(self.last_metrics) if self.last_metrics else "",
-                 "pending_eval": pending_eval}
+                 "pending_eval": pending_eval, "world_size": self.dist.world_size,
+                 "batch_size": self.cfg.train.batch_size}
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         try:

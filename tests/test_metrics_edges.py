@@ -212,3 +212,13 @@ def test_batches_merges_and_workers_give_the_same_counts():
     finally:
         pooled.close()
     assert 0 < whole.compute()["odsF"] <= 100 and len(whole.compute()["F"]) == len(SEISM_THRESHOLDS)
+
+
+def test_distinct_equals_numpy_unique():
+    from pamm.metrics.edges import _distinct
+
+    rng = np.random.default_rng(0)
+    for size in (0, 1, 2, 17, 10_000):
+        values = rng.integers(0, max(size // 3, 1), size)
+        out = _distinct(values)
+        assert out.dtype == values.dtype and np.array_equal(out, np.unique(values))

@@ -108,8 +108,10 @@ def main() -> None:
     args = p.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
     folder = Path(args.dir or tempfile.gettempdir())
-    print(f"machine: {platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
-          f"numpy {np.__version__}; {args.images} images of {args.size}, best of {args.repeats}, files in {folder}\n")
+    print(
+        f"machine: {platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
+        f"numpy {np.__version__}; {args.images} images of {args.size}, best of {args.repeats}, files in {folder}\n"
+    )
     print("| layout | " + " | ".join(f"images/s, {name}" for name in FLUSHES) + " |")
     print("|---|" + "---:|" * len(FLUSHES))
     for layout in ("nyud", "pascal"):

@@ -20,8 +20,17 @@ from pathlib import Path
 
 from .errors import InputError, ResourceError, describe_os_error
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "AtomicGroup", "StagedFolder", "current_umask",
-           "make_folders", "remove_empty_folders", "check_writable"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "AtomicGroup",
+    "StagedFolder",
+    "current_umask",
+    "make_folders",
+    "remove_empty_folders",
+    "check_writable",
+]
 
 
 def current_umask() -> int:
@@ -231,7 +240,7 @@ class StagedFolder:
             for entry in self.target.parent.iterdir():
                 if not entry.name.startswith(prefix):
                     continue
-                parts = entry.name[len(prefix):].rsplit("-", 2)
+                parts = entry.name[len(prefix) :].rsplit("-", 2)
                 if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and not _pid_alive(int(parts[1])):
                     shutil.rmtree(entry, ignore_errors=True)
 

@@ -201,8 +201,9 @@ def depth_range(*depths: Any, low: float = 1.0, high: float = 99.0) -> tuple[flo
     return vmin, max(vmax, vmin + 1e-3)
 
 
-def colorize_maps(maps: Mapping[str, Any], meta: Any, depth_limits: tuple[float, float] | None = None
-                  ) -> dict[str, np.ndarray]:
+def colorize_maps(
+    maps: Mapping[str, Any], meta: Any, depth_limits: tuple[float, float] | None = None
+) -> dict[str, np.ndarray]:
     """Colour pictures RGB uint8 (H, W, 3) of predicted maps (formats of the module docstring), as panels show them.
 
     Args:
@@ -322,8 +323,15 @@ def _block_max(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.maximum.reduceat(np.maximum.reduceat(array, rows, axis=0), cols, axis=1)
 
 
-def _render(task: str, full: np.ndarray, size: tuple[int, int], dataset: str | DatasetSpec,
-            depth_limits: tuple[float, float], width: int, target: bool) -> tuple[Image.Image, Image.Image | None]:
+def _render(
+    task: str,
+    full: np.ndarray,
+    size: tuple[int, int],
+    dataset: str | DatasetSpec,
+    depth_limits: tuple[float, float],
+    width: int,
+    target: bool,
+) -> tuple[Image.Image, Image.Image | None]:
     """(display tile, legend or scale bar) of one task map ``full`` (``target``: ground truth)."""
     shown = _block_max(full, size) if task == "edge" else _sample(full, size)
     if task in ("semseg", "human_parts"):
@@ -340,8 +348,15 @@ def _render(task: str, full: np.ndarray, size: tuple[int, int], dataset: str | D
     raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
 
 
-def make_panel(image: Any, predictions: Mapping[str, Any], targets: Mapping[str, Any] | None = None, *,
-               meta: Any, tile_size: int = 320, depth_limits: tuple[float, float] | None = None) -> Image.Image:
+def make_panel(
+    image: Any,
+    predictions: Mapping[str, Any],
+    targets: Mapping[str, Any] | None = None,
+    *,
+    meta: Any,
+    tile_size: int = 320,
+    depth_limits: tuple[float, float] | None = None,
+) -> Image.Image:
     """One picture of an image's predictions (and ground truth).
 
     Args:
@@ -395,10 +410,12 @@ def make_panel(image: Any, predictions: Mapping[str, Any], targets: Mapping[str,
                 continue
             tile, extra = _render(task, row[task], size, dataset, depth_limits, column, target=r > 0)
             cells[-1].append((title, tile, extra))
-    row_heights = [header + size[0] + max((3 + e.height for _, _, e in row if e is not None), default=0)
-                   for row in cells]
-    panel = Image.new("RGB", (gap + (len(tasks) + 1) * (column + gap), gap + sum(h + gap for h in row_heights)),
-                      _BACKGROUND)
+    row_heights = [
+        header + size[0] + max((3 + e.height for _, _, e in row if e is not None), default=0) for row in cells
+    ]
+    panel = Image.new(
+        "RGB", (gap + (len(tasks) + 1) * (column + gap), gap + sum(h + gap for h in row_heights)), _BACKGROUND
+    )
     draw = ImageDraw.Draw(panel)
     y = gap
     for row, row_height in zip(cells, row_heights):

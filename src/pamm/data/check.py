@@ -203,8 +203,10 @@ def _probe_sample(layout: Layout, paths: dict[str, Path]) -> str:
     image_size = sizes["image"]
     for kind, size in sizes.items():
         if kind != "image" and size is not None and size != image_size:
-            return (f"{paths[kind]}: size {size[0]}x{size[1]} differs from its image {paths['image']} "
-                    f"({image_size[0]}x{image_size[1]}); expected the same height x width")
+            return (
+                f"{paths[kind]}: size {size[0]}x{size[1]} differs from its image {paths['image']} "
+                f"({image_size[0]}x{image_size[1]}); expected the same height x width"
+            )
     return ""
 
 
@@ -280,8 +282,7 @@ def validate_dataset(
             if progress:
                 from tqdm import tqdm
 
-                results = tqdm(results, total=len(todo), desc=f"validating {dataset.split}", unit="sample",
-                               leave=False)
+                results = tqdm(results, total=len(todo), desc=f"validating {dataset.split}", unit="sample", leave=False)
             for i, verdict in zip(todo, results):
                 verdicts[i] = verdict
         if cache_path is not None:

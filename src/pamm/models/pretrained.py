@@ -118,7 +118,7 @@ def _meta_from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
             values["label_space"] = DatasetSpec.from_dict(values["label_space"])
         return cls(**values)
     except (TypeError, ValueError) as e:
-        raise InputError(f"{where}: invalid \"meta\" entry ({e})") from None
+        raise InputError(f'{where}: invalid "meta" entry ({e})') from None
 
 
 def _hub_error(source: str, e: Exception) -> Exception:
@@ -127,19 +127,24 @@ def _hub_error(source: str, e: Exception) -> Exception:
 
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     if isinstance(e, errors.HFValidationError):
-        return InputError(f"{source}: no such folder, and not a Hub model id (expected a pretrained folder with "
-                          f"config.json and model.safetensors, or an id such as org/name)")
+        return InputError(
+            f"{source}: no such folder, and not a Hub model id (expected a pretrained folder with "
+            f"config.json and model.safetensors, or an id such as org/name)"
+        )
     if isinstance(e, errors.RevisionNotFoundError):
         return InputError(f"{source}: the Hub repository has no such revision")
     if isinstance(e, errors.RepositoryNotFoundError):
-        return InputError(f"{source}: no such folder, and no such model on the Hub (or it is private: log in with "
-                          f"`hf auth login`)")
+        return InputError(
+            f"{source}: no such folder, and no such model on the Hub (or it is private: log in with `hf auth login`)"
+        )
     if isinstance(e, errors.RemoteEntryNotFoundError):
         return InputError(f"{source}: the Hub repository lacks a file of a pamm pretrained model")
     if isinstance(e, errors.LocalEntryNotFoundError):
         where = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
-        return InputError(f"{source}: no such folder, and no cached copy of this Hub model ({where}; cache: "
-                          f"{_cache_dir()}); expected a pretrained folder or a cached Hub model id")
+        return InputError(
+            f"{source}: no such folder, and no cached copy of this Hub model ({where}; cache: "
+            f"{_cache_dir()}); expected a pretrained folder or a cached Hub model id"
+        )
     return ResourceError(f"{source}: the Hub could not be reached ({type(e).__name__}: {str(e).splitlines()[0]})")
 
 
@@ -154,8 +159,10 @@ def _fetch(source: str, name: str, hub: dict[str, Any]) -> Path:
     if os.path.isdir(source):
         path = Path(source) / name
         if not path.is_file():
-            raise InputError(f"{path}: missing; a pamm pretrained folder holds {CONFIG_FILE}, {WEIGHTS_FILE} and "
-                             f"{CARD_FILE} (written by save_pretrained or `pamm export --format pretrained`)")
+            raise InputError(
+                f"{path}: missing; a pamm pretrained folder holds {CONFIG_FILE}, {WEIGHTS_FILE} and "
+                f"{CARD_FILE} (written by save_pretrained or `pamm export --format pretrained`)"
+            )
         return path
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import RemoteEntryNotFoundError
@@ -181,9 +188,17 @@ class PretrainedMixin(
 
     # ---- saving ----------------------------------------------------------------------------------------------
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *, config: Any = None, overwrite: bool = False,
-                        repo_id: str | None = None, push_to_hub: bool = False,
-                        model_card_kwargs: dict[str, Any] | None = None, **push_to_hub_kwargs) -> str | None:
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        config: Any = None,
+        overwrite: bool = False,
+        repo_id: str | None = None,
+        push_to_hub: bool = False,
+        model_card_kwargs: dict[str, Any] | None = None,
+        **push_to_hub_kwargs,
+    ) -> str | None:
         """Write a pretrained folder (module docstring), all or nothing.
 
         Args:
@@ -208,18 +223,24 @@ class PretrainedMixin(
                 raise InputError(f"{target}: exists and is not a folder; choose another path for the pretrained folder")
             if any(target.iterdir()):
                 if not overwrite:
-                    raise InputError(f"{target}: the folder exists and is not empty; pass overwrite=True "
-                                     f"(--overwrite) to replace a pretrained folder, or choose another path")
+                    raise InputError(
+                        f"{target}: the folder exists and is not empty; pass overwrite=True "
+                        f"(--overwrite) to replace a pretrained folder, or choose another path"
+                    )
                 if not is_pretrained_folder(target):
-                    raise InputError(f"{target}: not a pamm pretrained folder (no pamm {CONFIG_FILE}); it is never "
-                                     f"replaced, even with overwrite")
+                    raise InputError(
+                        f"{target}: not a pamm pretrained folder (no pamm {CONFIG_FILE}); it is never "
+                        f"replaced, even with overwrite"
+                    )
         experiment = None
         if config is not None:
             if isinstance(config, dict):
                 config = config_from_checkpoint(config)
             if config_to_dict(config.model) != config_to_dict(self.cfg):
-                raise InputError("save_pretrained: config.model differs from the model's architecture; pass the "
-                                 "experiment config the model was built from")
+                raise InputError(
+                    "save_pretrained: config.model differs from the model's architecture; pass the "
+                    "experiment config the model was built from"
+                )
             experiment = config_to_dict(config)
             experiment.pop("runtime", None)
         self._pretrained_experiment = experiment
@@ -229,8 +250,9 @@ class PretrainedMixin(
         finally:
             self._pretrained_experiment = None
         if push_to_hub:
-            return self.push_to_hub(repo_id or target.name, config=config, model_card_kwargs=model_card_kwargs,
-                                    **push_to_hub_kwargs)
+            return self.push_to_hub(
+                repo_id or target.name, config=config, model_card_kwargs=model_card_kwargs, **push_to_hub_kwargs
+            )
         return None
 
     def _save_pretrained(self, save_directory: Path) -> None:
@@ -267,8 +289,14 @@ class PretrainedMixin(
         eval_results = extra.pop("eval_results", None)
         for key, value in extra.items():
             setattr(data, key, value)
-        data.pamm = {**(getattr(data, "pamm", None) or {}), "dataset": meta.dataset, "tasks": list(meta.tasks),
-                     "num_outputs": dict(meta.num_outputs), "train_size": list(meta.train_size), "stride": meta.stride}
+        data.pamm = {
+            **(getattr(data, "pamm", None) or {}),
+            "dataset": meta.dataset,
+            "tasks": list(meta.tasks),
+            "num_outputs": dict(meta.num_outputs),
+            "train_size": list(meta.train_size),
+            "stride": meta.stride,
+        }
         if eval_results:
             data.eval_results = eval_results
             data.model_name = data.model_name or kwargs.get("title") or "PAMM"
@@ -292,17 +320,30 @@ class PretrainedMixin(
         kwargs.setdefault("details", "")
         kwargs.setdefault("source", "FOLDER_OR_HUB_ID")
         return ModelCard.from_template(
-            card_data=data, template_str=self._hub_mixin_info.model_card_template, summary=summary,
-            repo_url=REPO_URL, paper_url=PAPER_URL,
-            experiment_note=kwargs.pop("experiment_note", ""), **kwargs)
+            card_data=data,
+            template_str=self._hub_mixin_info.model_card_template,
+            summary=summary,
+            repo_url=REPO_URL,
+            paper_url=PAPER_URL,
+            experiment_note=kwargs.pop("experiment_note", ""),
+            **kwargs,
+        )
 
     # ---- loading ---------------------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, force_download: bool = False,
-                        token: str | bool | None = None, cache_dir: str | os.PathLike | None = None,
-                        local_files_only: bool = False, revision: str | None = None,
-                        map_location: str | torch.device = "cpu", runtime: RuntimeConfig | None = None):
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        force_download: bool = False,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        revision: str | None = None,
+        map_location: str | torch.device = "cpu",
+        runtime: RuntimeConfig | None = None,
+    ):
         """Load a pretrained folder or a Hub model (``org/name``; downloaded once into the Hub cache, or read from it
         with ``HF_HUB_OFFLINE=1`` / ``local_files_only``), verified (module docstring).
 
@@ -320,20 +361,39 @@ class PretrainedMixin(
             ResourceError: the Hub could not be reached.
         """
         source = str(pretrained_model_name_or_path)
-        hub = dict(revision=revision, cache_dir=cache_dir, force_download=force_download, token=token,
-                   local_files_only=local_files_only)
+        hub = dict(
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            token=token,
+            local_files_only=local_files_only,
+        )
         return cls._from_pretrained(model_id=source, map_location=map_location, runtime=runtime, **hub)
 
     @classmethod
-    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: str | os.PathLike | None,
-                         force_download: bool, local_files_only: bool, token: str | bool | None,
-                         map_location: str | torch.device = "cpu", runtime: RuntimeConfig | None = None,
-                         **unused: Any):
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | os.PathLike | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        map_location: str | torch.device = "cpu",
+        runtime: RuntimeConfig | None = None,
+        **unused: Any,
+    ):
         """The mixin's hook (see :meth:`from_pretrained`)."""
         from safetensors import safe_open
 
-        hub = dict(revision=revision, cache_dir=cache_dir, force_download=force_download, token=token,
-                   local_files_only=local_files_only)
+        hub = dict(
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            token=token,
+            local_files_only=local_files_only,
+        )
         config_path = _fetch(model_id, CONFIG_FILE, hub)
         try:
             description = json.loads(config_path.read_text(encoding="utf-8"))
@@ -341,11 +401,12 @@ class PretrainedMixin(
             raise InputError(f"{config_path}: not valid JSON ({e})") from None
         if not isinstance(description, dict) or description.get("format") != PRETRAINED_FORMAT:
             found = description.get("format") if isinstance(description, dict) else None
-            raise InputError(f"{config_path}: not a pamm pretrained config (format {found!r}, expected "
-                             f"{PRETRAINED_FORMAT!r})")
+            raise InputError(
+                f"{config_path}: not a pamm pretrained config (format {found!r}, expected {PRETRAINED_FORMAT!r})"
+            )
         record = description.get("weights")
         if not isinstance(record, dict) or not {"sha256", "bytes"} <= set(record):
-            raise InputError(f"{config_path}: no \"weights\" record (bytes, sha256) of {WEIGHTS_FILE}")
+            raise InputError(f'{config_path}: no "weights" record (bytes, sha256) of {WEIGHTS_FILE}')
         try:
             model_cfg = config_from_checkpoint({"model": description.get("model") or {}}).model
         except ConfigError as e:
@@ -356,9 +417,11 @@ class PretrainedMixin(
         weights = _fetch(model_id, record.get("file", WEIGHTS_FILE), hub)
         size = weights.stat().st_size
         if size != record["bytes"] or file_sha256(weights) != record["sha256"]:
-            raise InputError(f"{weights}: its content differs from the SHA-256 recorded in {CONFIG_FILE} ({size:,} "
-                             f"bytes, {record['bytes']:,} recorded): the file was changed or damaged; download or "
-                             f"export it again")
+            raise InputError(
+                f"{weights}: its content differs from the SHA-256 recorded in {CONFIG_FILE} ({size:,} "
+                f"bytes, {record['bytes']:,} recorded): the file was changed or damaged; download or "
+                f"export it again"
+            )
         model = cls(model_cfg, meta, load_backbone_weights=False, runtime=runtime)
         own = model.state_dict()
         try:
@@ -367,9 +430,15 @@ class PretrainedMixin(
                 missing, unexpected = sorted(set(own) - names), sorted(names - set(own))
                 shapes = [k for k in names & set(own) if tuple(f.get_slice(k).get_shape()) != tuple(own[k].shape)]
                 if missing or unexpected or shapes:
-                    parts = [f"{len(v)} {what} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
-                             for what, v in (("missing", missing), ("unexpected", unexpected),
-                                             ("mis-shaped", sorted(shapes))) if v]
+                    parts = [
+                        f"{len(v)} {what} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
+                        for what, v in (
+                            ("missing", missing),
+                            ("unexpected", unexpected),
+                            ("mis-shaped", sorted(shapes)),
+                        )
+                        if v
+                    ]
                     raise InputError(f"{weights}: does not fit the architecture in {CONFIG_FILE}: {'; '.join(parts)}")
                 state = {k: f.get_tensor(k) for k in names}
         except InputError:

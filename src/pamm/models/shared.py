@@ -41,8 +41,9 @@ class SharedStage(nn.Module):
         self.input_norm = nn.GroupNorm(32, d)
         self.task_conv = nn.Conv2d(d, t * d, 3, padding=1)
         for i in range(t):
-            conv_default_init_(self.task_conv.weight[i * d: (i + 1) * d], self.task_conv.bias[i * d: (i + 1) * d],
-                               d * 9)
+            conv_default_init_(
+                self.task_conv.weight[i * d : (i + 1) * d], self.task_conv.bias[i * d : (i + 1) * d], d * 9
+            )
 
     def task_features(self, f: Tensor) -> Tensor:
         """f (b, C_in, H, W) -> the T task maps, stacked (b, T*d, H, W)."""

@@ -19,8 +19,16 @@ from torch import Tensor
 SOFTPLUS_THRESHOLD = 20.0  # torch's softplus (beta 1) is the identity above this
 
 
-def check_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                 delta_bias: Tensor | None, orders: Tensor | None) -> None:
+def check_inputs(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    orders: Tensor | None,
+) -> None:
     """Raise ValueError (one line naming the argument and the expected shape) unless the shapes fit together.
 
     Shapes: u, delta (b, d, L); A (d, N); B, C (b, N, L) or (b, g, N, L) with d divisible by g, the two group counts
@@ -54,8 +62,9 @@ def check_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: T
             raise ValueError(f"{name} must be (channels={d},), got {tuple(t.shape)}")
     if orders is not None:
         if orders.dim() != 2 or orders.shape[1] != L or orders.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"orders must be an integer tensor (directions, length={L}), got {tuple(orders.shape)} "
-                             f"{orders.dtype}")
+            raise ValueError(
+                f"orders must be an integer tensor (directions, length={L}), got {tuple(orders.shape)} {orders.dtype}"
+            )
 
 
 def compute_dtype(u: Tensor) -> torch.dtype:

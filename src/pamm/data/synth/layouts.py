@@ -268,8 +268,14 @@ class GenericLayout(DatasetLayout):
 
     def _targets(self, scene: Mapping[str, Any]) -> dict[str, np.ndarray]:
         classes = np.array([_GENERIC_CLASS_OF_KIND[kind] for kind in scene["meta"]["kinds"]], dtype=np.uint8)
-        maps = {"semseg": classes[scene["instances"]], "depth": scene["depth"], "normals": scene["normals"],
-                "edge": scene["boundaries"], "sal": scene["saliency"], "human_parts": scene["human_parts"]}
+        maps = {
+            "semseg": classes[scene["instances"]],
+            "depth": scene["depth"],
+            "normals": scene["normals"],
+            "edge": scene["boundaries"],
+            "sal": scene["saliency"],
+            "human_parts": scene["human_parts"],
+        }
         return {task: maps[task] for task in self.tasks}
 
     def _contents(self, iid, scene):
@@ -314,8 +320,10 @@ def get_layout(layout: str, tasks: Sequence[str] | None = None) -> DatasetLayout
     if tasks is None:
         return WRITERS[layout]
     if layout != GenericLayout.name:
-        raise InputError(f"tasks: only the generic layout writes a chosen subset of tasks; the {layout} layout "
-                         "always writes all of its own")
+        raise InputError(
+            f"tasks: only the generic layout writes a chosen subset of tasks; the {layout} layout "
+            "always writes all of its own"
+        )
     return _generic_writer(tuple(tasks))
 
 

@@ -86,7 +86,6 @@ def _cast(scene: Scene, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return t, prim_map
 
 
-
 def _surface(scene: Scene, t: np.ndarray, prim_map: np.ndarray, dirs: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """World hit points (3, N) float64, outward normals (3, N) float64, albedo (3, N) float32 and emission (N,)
@@ -332,4 +331,3 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int], layout: str, *
         "num_people": people,
     }  # fmt: skip
     return out
-

@@ -17,10 +17,11 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 import yaml
 
@@ -31,7 +32,7 @@ __all__ = [
     "Config", "ModelConfig", "BackboneConfig", "ScanConfig", "RuntimeConfig", "DataConfig", "TrainConfig",
     "EvalConfig", "ConfigError", "load_config", "preset_names", "config_to_dict", "config_from_dict",
     "config_from_checkpoint", "migrate_config_dict", "override_config", "parse_override",
-    "ACTIVATION_CHECKPOINT_PLACES", "MOVED_KEYS",
+    "ACTIVATION_CHECKPOINT_PLACES", "MOVED_KEYS", "pair",
 ]  # fmt: skip
 
 
@@ -42,6 +43,16 @@ class ConfigError(InputError):
 def _check(cond: bool, key: str, message: str) -> None:
     if not cond:
         raise ConfigError(f"config key '{key}': {message}")
+
+
+_T = TypeVar("_T")
+
+
+def pair(values: Sequence[_T]) -> tuple[_T, _T]:
+    """A two-element sequence as a tuple: a config's validated ``[H, W]`` or ``[low, high]``, a tensor's
+    ``shape[-2:]``. ValueError for any other length."""
+    first, second = values
+    return first, second
 
 
 @dataclass
@@ -469,7 +480,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(f"config key '{key}': expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}': expected a mapping of {tp.__name__} fields, got {value!r}")
         return _from_dict(tp, value, key)
@@ -552,7 +563,7 @@ def _moved_message(key: str) -> str:
 def _pop_dotted(data: dict, key: str) -> tuple[bool, Any]:
     """Remove ``key`` (dotted) from nested ``data``; (found, value)."""
     *parents, last = key.split(".")
-    node = data
+    node: Any = data
     for p in parents:
         node = node.get(p) if isinstance(node, dict) else None
     if not isinstance(node, dict) or last not in node:
@@ -674,7 +685,7 @@ def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
     """
     src = str(name_or_path)
     if src in preset_names():
-        data = _read_yaml(resources.files("pamm").joinpath(PRESET_DIR, f"{src}.yaml"), f"preset {src!r}")
+        data = _read_yaml(resources.files("pamm").joinpath(PRESET_DIR).joinpath(f"{src}.yaml"), f"preset {src!r}")
     else:
         path = Path(src)
         if not path.is_file():
@@ -686,7 +697,7 @@ def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
         if base not in preset_names() or base in seen:
             raise ConfigError(f"config key 'base': must name a preset {preset_names()} (no cycles), got {base!r}")
         seen.add(base)
-        data = _merge(_read_yaml(resources.files("pamm").joinpath(PRESET_DIR, f"{base}.yaml"), base), data)
+        data = _merge(_read_yaml(resources.files("pamm").joinpath(PRESET_DIR).joinpath(f"{base}.yaml"), base), data)
     for k, v in (overrides or {}).items():
         _apply_override(data, k, v)
     return _from_dict(Config, data).validate()

@@ -217,13 +217,13 @@ class StagedFolder:
 
     Attributes:
         target: the folder being created or replaced.
-        path: the hidden folder being filled (set on entering the block).
+        path: the hidden folder being filled (inside the block only: a RuntimeError elsewhere).
     """
 
     def __init__(self, target: str | os.PathLike, *, replace: bool = False) -> None:
         self.target = Path(target)
         self.replace = replace
-        self.path: Path | None = None
+        self._path: Path | None = None
         self._folders: set[Path] = set()
 
     def _tag(self, kind: str) -> str:
@@ -249,21 +249,27 @@ class StagedFolder:
         try:
             parent.mkdir(parents=True, exist_ok=True)
             self._remove_stale()
-            self.path = Path(tempfile.mkdtemp(prefix=self._tag("staged"), dir=parent))
-            os.chmod(self.path, 0o777 & ~current_umask())
+            self._path = Path(tempfile.mkdtemp(prefix=self._tag("staged"), dir=parent))
+            os.chmod(self._path, 0o777 & ~current_umask())
         except OSError as e:
-            if self.path is not None:
-                shutil.rmtree(self.path, ignore_errors=True)
-                self.path = None
+            if self._path is not None:
+                shutil.rmtree(self._path, ignore_errors=True)
+                self._path = None
             raise ResourceError(f"could not create {describe_os_error(e, self.target)}", e.errno) from e
         return self
+
+    @property
+    def path(self) -> Path:
+        if self._path is None:
+            raise RuntimeError("StagedFolder.path is only available inside its with-block")
+        return self._path
 
     def write_bytes(self, relative: str | os.PathLike, data: bytes) -> None:
         """Write ``data`` to ``relative`` (a path inside the folder; sub-folders are created); errors name the file
         by its final path (``target / relative``)."""
-        if self.path is None:
+        if self._path is None:
             raise RuntimeError("StagedFolder.write_bytes is only available inside its with-block")
-        path = self.path / relative
+        path = self._path / relative
         try:
             if path.parent not in self._folders:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -274,7 +280,7 @@ class StagedFolder:
             raise ResourceError(f"could not write {describe_os_error(e, self.target / relative)}", e.errno) from e
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        staged, self.path = self.path, None
+        staged, self._path = self._path, None
         if staged is None:
             return
         if exc_type is not None:

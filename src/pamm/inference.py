@@ -133,7 +133,7 @@ class ImagePredictor:
 
         if isinstance(item, Image.Image):
             rgb = rgb_from_pil(item, what)
-            _check_size(*rgb.shape[:2], what)
+            _check_size(rgb.shape[0], rgb.shape[1], what)
             return torch.from_numpy(rgb).permute(2, 0, 1), rgb
         if isinstance(item, np.ndarray):
             if item.ndim != 3 or item.shape[2] != 3:
@@ -141,7 +141,7 @@ class ImagePredictor:
                     f"{what}: NumPy array of shape {item.shape}; expected an RGB image (H, W, 3) (a PIL "
                     f"image converts grayscale and alpha)"
                 )
-            _check_size(*item.shape[:2], what)
+            _check_size(item.shape[0], item.shape[1], what)
             values = _from_values(np.ascontiguousarray(item).transpose(2, 0, 1), what)
         elif isinstance(item, torch.Tensor):
             if item.ndim != 3 or item.shape[0] != 3:
@@ -149,7 +149,7 @@ class ImagePredictor:
                     f"{what}: tensor of shape {tuple(item.shape)}; expected an RGB image (3, H, W) or a "
                     f"batch (N, 3, H, W)"
                 )
-            _check_size(*item.shape[1:], what)
+            _check_size(item.shape[1], item.shape[2], what)
             values = _from_values(item.detach().cpu(), what)
         else:
             raise TypeError(f"{what}: got {_describe(item)}; expected {_EXPECTED}")

@@ -315,7 +315,11 @@ def parse_manifest(data: Any, root: str | os.PathLike, source: str | os.PathLike
     num_outputs: dict[str, int] = {}
     class_names: dict[str, tuple[str, ...]] = {}
     palettes: dict[str, Any] = {}
-    edge = {"edge_max_dist": DEFAULT_EDGE_TOLERANCE, "edge_pos_weight": DEFAULT_EDGE_POS_WEIGHT, "edge_gt": "thin"}
+    edge: dict[str, Any] = {
+        "edge_max_dist": DEFAULT_EDGE_TOLERANCE,
+        "edge_pos_weight": DEFAULT_EDGE_POS_WEIGHT,
+        "edge_gt": "thin",
+    }
     max_depth = 80.0
     if tasks_entry is None:
         p.add("tasks", f"missing; expected a mapping of task -> its encoding, tasks among {', '.join(TASKS)}")

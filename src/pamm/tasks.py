@@ -42,6 +42,11 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
+def _rgb(colour: Sequence) -> tuple[int, int, int]:
+    red, green, blue = (int(v) for v in colour)
+    return red, green, blue
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """A dataset's label space: its tasks, output channels per task and the constants its losses and metrics use.
@@ -109,7 +114,7 @@ class DatasetSpec:
         """The spec of :meth:`to_dict`'s output (e.g. read from a checkpoint); a ValueError names what is wrong."""
         try:
             palettes = {
-                t: p if isinstance(p, str) else tuple(tuple(int(v) for v in c) for c in p)
+                t: p if isinstance(p, str) else tuple(_rgb(c) for c in p)
                 for t, p in dict(data.get("palettes", {})).items()
             }
             spec = cls(

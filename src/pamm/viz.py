@@ -193,8 +193,8 @@ def colorize_probability(prob: Any) -> np.ndarray:
 def depth_range(*depths: Any, low: float = 1.0, high: float = 99.0) -> tuple[float, float]:
     """A shared colour range (metres) for depth maps: the ``low``-th and ``high``-th percentiles of their finite,
     non-negative values together (robust to a few outliers); (0, 1) when there are none."""
-    values = [d[np.isfinite(d) & (d >= 0)] for d in (_plane(x, "a depth map") for x in depths if x is not None)]
-    values = np.concatenate(values) if values else np.zeros(0)
+    parts = [d[np.isfinite(d) & (d >= 0)] for d in (_plane(x, "a depth map") for x in depths if x is not None)]
+    values = np.concatenate(parts) if parts else np.zeros(0)
     if values.size == 0:
         return 0.0, 1.0
     vmin, vmax = (float(v) for v in np.percentile(values, [low, high]))
@@ -418,13 +418,13 @@ def make_panel(
     )
     draw = ImageDraw.Draw(panel)
     y = gap
-    for row, row_height in zip(cells, row_heights):
-        for c, (title, tile, extra) in enumerate(row):
+    for cell_row, row_height in zip(cells, row_heights):
+        for c, (title, picture, legend) in enumerate(cell_row):
             x = gap + c * (column + gap)
             draw.text((x, y + 1), title, fill=_TEXT, font=_font())
-            if tile is not None:
-                panel.paste(tile, (x + (column - size[1]) // 2, y + header))
-            if extra is not None:
-                panel.paste(extra, (x, y + header + size[0] + 3))
+            if picture is not None:
+                panel.paste(picture, (x + (column - size[1]) // 2, y + header))
+            if legend is not None:
+                panel.paste(legend, (x, y + header + size[0] + 3))
         y += row_height + gap
     return panel

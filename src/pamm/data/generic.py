@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pamm.data.dataset import FileSpec, Layout, MultiTaskDataset, Transform
+from pamm.data.dataset import FileSpec, Layout, MultiTaskDataset, Transform, decoded_array
 from pamm.data.io import check_range, fail, read_depth_npy, read_label_png, read_rgb_image
 from pamm.manifest import Manifest, read_manifest
 from pamm.tasks import IGNORE_INDEX
@@ -90,10 +90,10 @@ def _decode(manifest: Manifest, kind: str, path: Path) -> np.ndarray:
     return (values == 255).astype(np.float32 if kind == "edge" else np.int64)
 
 
-def _assemble(decoded: dict[str, np.ndarray], tasks: tuple[str, ...]) -> dict[str, torch.Tensor]:
+def _assemble(decoded: dict[str, np.ndarray | None], tasks: tuple[str, ...]) -> dict[str, torch.Tensor]:
     sample = {}
     for task in tasks:
-        array = decoded[task]
+        array = decoded_array(decoded, task)
         if task == "normals":
             sample[task] = torch.from_numpy(array).permute(2, 0, 1).contiguous()
         elif task in ("depth", "edge"):
@@ -191,8 +191,10 @@ def encode_targets(
             bad = ~((labels >= 0) & (labels < count) | (labels == IGNORE_INDEX))
             if bad.any():
                 raise ValueError(f"image {image_id!r}: {task} label {int(labels[bad][0])} outside 0..{count - 1}")
-            stored = np.where(labels == IGNORE_INDEX, store.ignore, labels)
-            data = png_bytes(stored.astype(np.uint8 if store.ignore <= 255 else np.uint16))
+            ignore = store.ignore
+            assert ignore is not None  # the manifest gives every labels task one (default 255)
+            stored = np.where(labels == IGNORE_INDEX, ignore, labels)
+            data = png_bytes(stored.astype(np.uint8 if ignore <= 255 else np.uint16))
         elif store.encoding == "png16":
             units = np.rint(value.astype(np.float64) * store.scale)
             if not np.isfinite(units).all() or units.min() < 0 or units.max() > 65535:

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pamm.config import pair
 from pamm.tasks import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,7 +56,7 @@ class Compose:
     def __init__(self, transforms: Sequence):
         self.transforms = list(transforms)
 
-    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+    def __call__(self, sample: dict, rng: np.random.Generator | None) -> dict:
         for transform in self.transforms:
             sample = transform(sample, rng)
         return sample
@@ -301,7 +303,7 @@ class PadCentered:
         if (out_height, out_width) == (height, width):
             return sample
         top, left = (out_height - height) // 2, (out_width - width) // 2
-        out = {}
+        out: dict[str, Any] = {}
         for key in _tensor_keys(sample):
             value = sample[key]
             padded = torch.full((*value.shape[:-2], out_height, out_width), PAD_VALUES[key], dtype=value.dtype)
@@ -425,7 +427,7 @@ def build_transforms(
             raise ValueError(f"training size {tuple(size)} must be a multiple of {multiple} (or pass multiple=1)")
         return Compose(
             [
-                RandomScale(tuple(scale_range)),
+                RandomScale(pair(scale_range)),
                 RandomCrop(size, cat_max_ratio=0.75, max_retries=10),
                 RandomHorizontalFlip(0.5),
                 PhotometricDistortion(),

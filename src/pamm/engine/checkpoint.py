@@ -117,7 +117,7 @@ def _digest(tensors: dict[str, Tensor]) -> str:
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
         if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy())  # hashed in place (buffer protocol), no copy
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)  # hashed in place (a memoryview), no copy
     return h.hexdigest()
 
 

@@ -7,6 +7,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -160,7 +161,7 @@ def evaluate(
             if close is not None:
                 close()
         model.train(was_training)
-    results = {}
+    results: dict[str, Any] = {}  # per task its metrics, then "images" and "skipped_samples"
     for task, meter in meters.items():
         state = all_reduce_arrays(meter.state(), device if device.type == "cuda" else torch.device("cpu"))
         meter.reset()
@@ -325,6 +326,6 @@ def compute_baselines(cfg: Config, split: str = "val", max_images: int | None = 
             else:
                 pred = torch.full((1, h, w), constants[t], dtype=torch.long)
             meters[t].update(pred, s[t][None])
-    out = {t: meters[t].compute() for t in tasks}
+    out: dict[str, Any] = {t: meters[t].compute() for t in tasks}
     out["constants"] = constants
     return out

@@ -56,12 +56,12 @@ def prepare_split(
     )
     main = dist is None or dist.is_main
     report = validate_dataset(dataset, progress=progress and main) if main else None
-    if main and log is not None:
+    if report is not None and log is not None:
         log(
             f"validated {report.samples} {split} samples in {report.seconds:.1f} s ({report.cached} cached)",
             console=report.seconds >= 1.0,
         )
-    bad = broadcast_object(report.bad if main else None)
+    bad = broadcast_object(report.bad if report is not None else None)
     if bad:
         first = next(iter(bad.values()))
         if cfg.data.on_error != "skip":

@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config import pair
 from ..errors import InputError, ResourceError
 from ..tasks import postprocess
 
@@ -207,6 +208,7 @@ def resample_postprocess(
         else:
             out[rows] = value
         row = rows.stop
+    assert out is not None  # size has at least one row: one strip or more
     return out.permute(2, 0, 1) if out.ndim == 3 else out
 
 
@@ -250,7 +252,7 @@ class Predictor:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval() if isinstance(model, torch.nn.Module) else model
-        self.meta = meta if meta is not None else model.meta
+        self.meta: ModelMeta = meta if meta is not None else cast("ModelMeta", model.meta)
         self.transform = self.meta.transforms()
         self.mode, self.scale, self.overlap, self.batch_size = mode, scale, overlap, batch_size
 
@@ -278,7 +280,7 @@ class Predictor:
         """(b, 3, H, W) prepared images -> {task: float32 (b, K, H, W)}: on the model's device (whole), on the CPU
         (slide: the accumulators of a large image stay in host memory)."""
         if self.mode == "slide":
-            window = tuple(self.meta.train_size)
+            window = pair(self.meta.train_size)
             height, width = images.shape[-2:]
             padded = (max(height, window[0]), max(width, window[1]))
             if padded != (height, width):  # smaller than a window: zero-pad (the normalised mean colour), centred
@@ -328,6 +330,6 @@ class Predictor:
         results = []
         with torch.inference_mode():
             for image, raw in zip(images, self.raw_outputs(images)):
-                size = tuple(image.shape[-2:])
+                size = pair(image.shape[-2:])
                 results.append({task: resample_postprocess(task, raw[task], size) for task in tasks})
         return results

@@ -34,20 +34,21 @@ import threading
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..config import Config, config_to_dict
+from ..config import Config, config_to_dict, pair
 from ..data import LoadGuard, build_transforms, collate
 from ..errors import InputError, Interrupted, ResourceError, Terminated
 from ..fs import atomic_write_text, make_folders
 from ..losses import LOCAL, DistributedReducer, MultiTaskLoss
-from ..models import build_model
+from ..models import PAMM, build_model
 from ..tasks import label_space_difference
 from .checkpoint import (
     CheckpointError,
@@ -73,6 +74,11 @@ from .evaluator import EvaluationStopped, autocast_dtype, eval_transform, evalua
 from .loading import next_batch, prepare_split, shutdown_workers, worker_init
 from .run import RunLock, checkpoint_paths, checkpoint_steps, find_resume_checkpoint, remove_leftover_temporaries
 
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+
 __all__ = ["Trainer", "TrainingStopped", "poly_lr", "EpochSampler", "weight_decay_groups"]
 
 
@@ -87,11 +93,12 @@ def poly_lr(step: int, iterations: int, power: float, warmup: int = 0) -> float:
     return max(0.0, 1.0 - step / iterations) ** power
 
 
-def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def weight_decay_groups(model: PAMM, weight_decay: float) -> list[dict]:
     """Optimizer parameter groups: every parameter decayed by ``weight_decay`` except those the model names in
     ``no_weight_decay()`` (timm's convention), which get 0."""
     skip_names = model.no_weight_decay()
-    decay, skip = [], []
+    decay: list[torch.nn.Parameter] = []
+    skip: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         (skip if name in skip_names else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": skip, "weight_decay": 0.0}]
@@ -216,9 +223,9 @@ class Trainer:
         self._committed = False
         self._created: list[Path] = []  # what this call created in the run folder (removed if nothing was trained)
         self._lock: RunLock | None = None
-        self._writer = None
-        self._bar = None
-        self._batches: Iterator[dict] | None = None
+        self._writer: SummaryWriter | None = None
+        self._bar: tqdm | None = None
+        self._batches: Generator[dict, None, None] | None = None
         self._fitted = self._closed = False
         self._signal: int | None = None  # received by this process
         self._agreed_signal: int | None = None  # under DDP: received by some process, agreed at a step
@@ -273,7 +280,7 @@ class Trainer:
     def _claim_run_dir(self, command: str | None) -> None:
         """Main process: create and lock the run folder and check it may be used; every process raises the main
         process's refusal."""
-        error = None
+        error: Exception | None = None
         if self.dist.is_main:
             try:
                 self._claim_as_main(command)
@@ -372,9 +379,10 @@ class Trainer:
 
     def _check_resume_step(self) -> None:
         """Refuse, before anything is built or written, a resume whose run is past ``train.iterations``."""
-        error = None
+        error: Exception | None = None
         if self.dist.is_main:
             try:
+                assert self._resume_from is not None  # chosen by _claim_as_main
                 _, extra = read_checkpoint_metadata(self._resume_from[0])
                 step = int(extra.get("step", 0))
                 if step > self.cfg.train.iterations:
@@ -400,9 +408,9 @@ class Trainer:
         cfg.check_loss_weights(self.tasks)
         train_tf = build_transforms(
             train=True,
-            size=tuple(cfg.data.train_size),
+            size=pair(cfg.data.train_size),
             multiple=cfg.model.backbone.patch_size,
-            scale_range=tuple(cfg.data.scale_range),
+            scale_range=pair(cfg.data.scale_range),
         )
         self.train_set = prepare_split(cfg, "train", train_tf, self.dist, self.log, self.warn, self.progress)
         self.val_set = prepare_split(cfg, "val", eval_transform(cfg), self.dist, self.log, self.warn, self.progress)
@@ -435,6 +443,7 @@ class Trainer:
             reducer=DistributedReducer() if self.dist.distributed else LOCAL,
         )
         groups = weight_decay_groups(model, cfg.train.weight_decay)
+        self.optimizer: torch.optim.Optimizer
         if cfg.train.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(groups, lr=cfg.train.lr, momentum=0.9)
         else:
@@ -457,6 +466,7 @@ class Trainer:
             self._restore()
 
     def _restore(self) -> None:
+        assert self._resume_from is not None  # chosen by _claim_as_main, broadcast by _build
         weights, state_path = self._resume_from
         # verified by the main process when it chose them (under the run's lock): read without hashing again
         tensors, stored_cfg, extra = load_weights(weights, verify=False)
@@ -520,7 +530,7 @@ class Trainer:
         mine["numpy"] = _numpy_state_to_plain(mine["numpy"])
         if not self.dist.distributed:
             return [mine]
-        out = [None] * self.dist.world_size
+        out: list[Any] = [None] * self.dist.world_size  # filled by the collective
         torch.distributed.all_gather_object(out, mine)
         return out
 
@@ -595,7 +605,7 @@ class Trainer:
             prefetch_factor=4 if workers else None,
         )
 
-    def batches(self) -> Iterator[dict]:
+    def batches(self) -> Generator[dict, None, None]:
         """Training batches from the current step on, in the run's deterministic order (forever). A sample that
         fails to load raises its one-line :class:`~pamm.data.DatasetError` (or, under ``data.on_error: skip``, is
         replaced and listed in the batch's ``meta``)."""
@@ -677,7 +687,10 @@ class Trainer:
         the run's first evaluation (or Δm against ``eval.single_task`` when given)."""
         from ..metrics import main_metric
 
-        ref = self.cfg.eval.single_task or {t: main_metric(t, self.reference[t])[0] for t in self.tasks}
+        ref = self.cfg.eval.single_task
+        if not ref:
+            assert self.reference is not None  # the run's first evaluation, recorded before any score
+            ref = {t: main_metric(t, self.reference[t])[0] for t in self.tasks}
         gains = []
         for t in self.tasks:
             value, higher = main_metric(t, metrics[t])
@@ -760,6 +773,7 @@ class Trainer:
     def _interrupt(self, pending_eval: bool = False) -> None:
         """Stop on the received signal: checkpoint the current step (unless it is already) and raise."""
         signum = self._agreed_signal or self._signal
+        assert signum is not None  # called when _stopping
         name = signal.Signals(signum).name
         if self._steps_done == 0 and not pending_eval and not self.resume:
             raise Interrupted(f"{name} received before the first step; nothing was written", signum, resumable=False)
@@ -925,7 +939,7 @@ class Trainer:
         skipped = {k: v for k, v in skipped.items() if v}
         if self.dist.is_main:
             tic = time.perf_counter()
-            extra = {"step": self.step}
+            extra: dict[str, Any] = {"step": self.step}
             if skipped:
                 extra["skipped_samples"] = skipped
                 self.warn(
@@ -947,7 +961,7 @@ class Trainer:
         mine = dict(self._replaced)
         if not self.dist.distributed:
             return mine
-        out = [None] * self.dist.world_size
+        out: list[Any] = [None] * self.dist.world_size  # filled by the collective
         torch.distributed.all_gather_object(out, mine)
         return {k: v for d in out for k, v in d.items()}
 

@@ -619,6 +619,7 @@ def convert_official(
             raise
         detected = None
     preset = preset or detected
+    assert preset is not None  # given, or detected (detect_preset raised otherwise)
     settings: dict[str, Any] = {"model.backbone.pretrained": False, **(overrides or {})}
     if x_experts:
         settings["model.x_experts"] = True

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -37,13 +38,16 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, ResourceError
 from ..tasks import postprocess
+
+if TYPE_CHECKING:
+    from ..models import PAMM
 
 __all__ = ["ONNX_OPSET", "FORMATS", "OnnxGraph", "ExportReport", "export_onnx", "export_size", "parse_size",
            "compare_outputs", "check_output_path"]  # fmt: skip
@@ -65,7 +69,10 @@ class OnnxGraph(nn.Module):
     """What the exported graph computes (module docstring): ``image (b, 3, H, W)`` RGB in [0, 1] -> a tuple of
     per-task outputs in ``model.tasks`` order, raw or post-processed."""
 
-    def __init__(self, model: nn.Module, postprocess: bool = False):
+    input_mean: Tensor
+    input_std: Tensor
+
+    def __init__(self, model: PAMM, postprocess: bool = False):
         super().__init__()
         self.model, self.postprocess = model, postprocess
         self.tasks = tuple(model.meta.tasks)
@@ -166,7 +173,7 @@ def check_output_path(out: Path, overwrite: bool) -> None:
         raise InputError(f"{out}: exists; pass --overwrite (overwrite=True) to replace it, or choose another path")
 
 
-def _metadata(model: nn.Module, size: tuple[int, int], postprocess_outputs: bool) -> dict[str, str]:
+def _metadata(model: PAMM, size: tuple[int, int], postprocess_outputs: bool) -> dict[str, str]:
     from .. import __version__
 
     meta = model.meta
@@ -220,14 +227,14 @@ def _save(program: Any, out: Path) -> str | None:
         data = [p for p in staging.iterdir() if p.name != out.name]
         with AtomicGroup() as group:
             for staged in [staging / out.name, *data]:
-                group.write(out.parent / staged.name, lambda tmp, staged=staged: os.replace(staged, tmp))
+                group.write(out.parent / staged.name, functools.partial(os.replace, staged))
         return data[0].name if data else None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
 def export_onnx(
-    model: nn.Module,
+    model: PAMM,
     out: str | os.PathLike,
     *,
     size: tuple[int, int] | None = None,
@@ -286,7 +293,9 @@ def export_onnx(
             optimize=False,
             verbose=False,
         )
-    if dynamic_batch and isinstance(program.model.graph.inputs[0].shape[0], int):
+    assert program is not None  # dynamo=True returns the ONNXProgram
+    input_shape = program.model.graph.inputs[0].shape  # None: not known at all (so not fixed either)
+    if dynamic_batch and input_shape is not None and isinstance(input_shape[0], int):
         raise RuntimeError("the exporter fixed the batch dimension although a dynamic batch was asked for")
     program.model.metadata_props.update(_metadata(copy_, size, postprocess))
     program.model.doc_string = (

@@ -196,18 +196,15 @@ def model_card_kwargs(
                   f"{cfg.train.batch_size}, weight decay {cfg.train.weight_decay:g}, loss weights "
                   + ", ".join(f"{t} {w:g}" for t, w in cfg.train.loss_weights.items() if t in meta.tasks),
                   ""]  # fmt: skip
+    metrics = trained.metrics or {}
     scalars = _scalar_metrics(trained.metrics, meta.tasks)
     if scalars:
-        split = (trained.metrics or {}).get("split", "val")
+        split = metrics.get("split", "val")
         lines += [
             "## Metrics",
             "",
             f"On the {split} split (`metrics.json` of the run"
-            + (
-                f", checkpoint `{Path(trained.metrics['checkpoint']).name}`"
-                if trained.metrics.get("checkpoint")
-                else ""
-            )
+            + (f", checkpoint `{Path(metrics['checkpoint']).name}`" if metrics.get("checkpoint") else "")
             + "):",
             "",
             "| task | metric | value |",

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import conv_default_init_
+from ..config import pair
+from .layers import conv_bias, conv_default_init_
 
 __all__ = ["TaskRouters", "ParameterExperts", "DualParameterExperts", "noisy_top_k", "resample_pool_weight"]
 
@@ -80,7 +81,7 @@ class TaskRouters(nn.Module):
     def __init__(self, tasks: int, channels: int, experts: int, grid: tuple[int, int]):
         super().__init__()
         c4 = channels // 4
-        self.tasks, self.channels, self.experts, self.grid = tasks, channels, experts, tuple(grid)
+        self.tasks, self.channels, self.experts, self.grid = tasks, channels, experts, pair(grid)
         self.channel_proj = nn.Parameter(torch.empty(tasks, c4, channels))
         self.channel_proj_bias = nn.Parameter(torch.empty(tasks, c4))
         self.channel_norm_weight = nn.Parameter(torch.ones(tasks, c4))
@@ -220,7 +221,7 @@ def fused_parameter_maps(sets: list[ParameterExperts], x: Tensor) -> list[tuple[
     general = F.conv2d(
         general_in,
         torch.cat([s.general.weight for s in sets]),
-        torch.cat([s.general.bias for s in sets]),
+        torch.cat([conv_bias(s.general) for s in sets]),
         padding=k // 2,
     )  # (b*T, sum_s C_out, H, W)
     results, h_off, g_off = [], 0, 0

@@ -21,6 +21,7 @@ through the scan orders (no permuted copies). The released code's per-task, per-
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +84,7 @@ class PAMEStage(SharedStage):
         self.scan_backend = "auto"
         self.task_norm = nn.GroupNorm(32 * t, t * d)  # GroupNorm(32, d) per task
         self.gate_proj = TaskConv1x1(t, d, d)
-        expert_kwargs = dict(
+        expert_kwargs: dict[str, Any] = dict(
             num_experts=cfg.num_experts,
             top_k=cfg.top_k,
             grid=grid,
@@ -105,6 +106,7 @@ class PAMEStage(SharedStage):
         with torch.no_grad():
             nn.init.trunc_normal_(self.dt_down.weight, std=0.02)  # released model's effective Linear init
             self.dt_up.weight.uniform_(-(r**-0.5), r**-0.5)  # Mamba's Δ init (kept: not overwritten later)
+        self.bc: DualParameterExperts | TaskConv1x1
         if cfg.experts:
             self.bc = DualParameterExperts(t, di, n, rank=cfg.expert_rank, kernel=cfg.expert_kernel, **expert_kwargs)
         else:

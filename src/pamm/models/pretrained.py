@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
@@ -34,6 +34,9 @@ from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 from ..config import ConfigError, RuntimeConfig, config_from_checkpoint, config_to_dict
 from ..errors import InputError, ResourceError
 from ..tasks import DatasetSpec
+
+if TYPE_CHECKING:
+    from .pamm import PAMM
 
 __all__ = ["PretrainedMixin", "PRETRAINED_FORMAT", "CONFIG_FILE", "WEIGHTS_FILE", "CARD_FILE", "file_sha256",
            "is_pretrained_folder"]  # fmt: skip
@@ -113,7 +116,7 @@ def _meta_dict(meta: Any) -> dict[str, Any]:
 def _meta_from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     try:
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
         if values.get("label_space") is not None:  # a generic dataset's label space (pamm.tasks.DatasetSpec)
             values["label_space"] = DatasetSpec.from_dict(values["label_space"])
         return cls(**values)
@@ -184,7 +187,16 @@ class PretrainedMixin(
     tags=["pamm", "multi-task", "dense-prediction", "semantic-segmentation", "depth-estimation", "mamba"],
     model_card_template=_CARD_TEMPLATE,
 ):
-    """``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` for PAMM (module docstring)."""
+    """``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` for PAMM (module docstring). Mixed into
+    :class:`~pamm.models.PAMM` only: its methods use the model's ``cfg``, ``meta`` and weights."""
+
+    _pretrained_experiment: dict[str, Any] | None = None
+    pretrained_experiment: dict[str, Any] | None = None
+
+    @property
+    def _model(self) -> PAMM:
+        """This object as the model it is part of (the mixin's only host is PAMM)."""
+        return cast("PAMM", self)
 
     # ---- saving ----------------------------------------------------------------------------------------------
 
@@ -236,7 +248,7 @@ class PretrainedMixin(
         if config is not None:
             if isinstance(config, dict):
                 config = config_from_checkpoint(config)
-            if config_to_dict(config.model) != config_to_dict(self.cfg):
+            if config_to_dict(config.model) != config_to_dict(self._model.cfg):
                 raise InputError(
                     "save_pretrained: config.model differs from the model's architecture; pass the "
                     "experiment config the model was built from"
@@ -261,7 +273,8 @@ class PretrainedMixin(
         from safetensors.torch import save_file
 
         weights = save_directory / WEIGHTS_FILE
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        model = self._model
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if bad:
             raise InputError(f"refusing to save: non-finite values in {', '.join(bad[:5])}")
@@ -271,11 +284,11 @@ class PretrainedMixin(
         description = {
             "format": PRETRAINED_FORMAT,
             "pamm_version": __version__,
-            "model": config_to_dict(self.cfg),
-            "meta": _meta_dict(self.meta),
+            "model": config_to_dict(model.cfg),
+            "meta": _meta_dict(model.meta),
             "weights": {"file": WEIGHTS_FILE, "bytes": weights.stat().st_size, "sha256": file_sha256(weights)},
         }
-        experiment = getattr(self, "_pretrained_experiment", None)
+        experiment = self._pretrained_experiment
         if experiment is not None:
             description["experiment"] = experiment
         (save_directory / CONFIG_FILE).write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
@@ -283,13 +296,15 @@ class PretrainedMixin(
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
         """The model card: the Hub's front matter (library, license, tags, and ``card_data`` entries) and a
         description of the model; ``details`` (Markdown) is added under it, ``source`` names it in the examples."""
-        meta = self.meta
+        model = self._model
+        meta = model.meta
         data = ModelCardData(**self._hub_mixin_info.model_card_data.to_dict())
         extra = dict(kwargs.pop("card_data", None) or {})
         eval_results = extra.pop("eval_results", None)
         for key, value in extra.items():
             setattr(data, key, value)
-        data.pamm = {
+        # ModelCardData keeps any extra entry as an attribute (its **kwargs); the class declares the standard ones
+        data.pamm = {  # type: ignore[attr-defined]
             **(getattr(data, "pamm", None) or {}),
             "dataset": meta.dataset,
             "tasks": list(meta.tasks),
@@ -300,8 +315,8 @@ class PretrainedMixin(
         if eval_results:
             data.eval_results = eval_results
             data.model_name = data.model_name or kwargs.get("title") or "PAMM"
-        total, backbone = _count(self), _count(self.backbone)
-        cfg = self.cfg
+        total, backbone = _count(model), _count(model.backbone)
+        cfg = model.cfg
         summary = "\n".join([
             f"PAMM (Parameter Aware Mamba Model, [arXiv 2511.14503]({PAPER_URL})) for multi-task dense prediction: one "
             f"image in, {len(meta.tasks)} dense maps out ({', '.join(meta.tasks)}; {meta.dataset} label space).",
@@ -343,7 +358,8 @@ class PretrainedMixin(
         revision: str | None = None,
         map_location: str | torch.device = "cpu",
         runtime: RuntimeConfig | None = None,
-    ):
+        **model_kwargs: Any,
+    ) -> PAMM:
         """Load a pretrained folder or a Hub model (``org/name``; downloaded once into the Hub cache, or read from it
         with ``HF_HUB_OFFLINE=1`` / ``local_files_only``), verified (module docstring).
 
@@ -352,6 +368,7 @@ class PretrainedMixin(
             revision, cache_dir, force_download, token, local_files_only: huggingface_hub's download options.
             map_location: device of the returned model.
             runtime: how to execute it (scan backend, ...); defaults when None.
+            model_kwargs: none is accepted (a TypeError): the architecture comes from config.json.
 
         Returns:
             the model in eval mode; ``model.pretrained_experiment`` holds the stored experiment config dict (or None).
@@ -360,15 +377,18 @@ class PretrainedMixin(
             InputError: a missing, invalid, changed or mismatched file, or an unknown model (one line each).
             ResourceError: the Hub could not be reached.
         """
-        source = str(pretrained_model_name_or_path)
-        hub = dict(
+        if model_kwargs:
+            raise TypeError(f"from_pretrained() got unexpected keyword arguments: {', '.join(model_kwargs)}")
+        return cls._from_pretrained(
+            model_id=str(pretrained_model_name_or_path),
             revision=revision,
             cache_dir=cache_dir,
             force_download=force_download,
             token=token,
             local_files_only=local_files_only,
+            map_location=map_location,
+            runtime=runtime,
         )
-        return cls._from_pretrained(model_id=source, map_location=map_location, runtime=runtime, **hub)
 
     @classmethod
     def _from_pretrained(
@@ -383,11 +403,11 @@ class PretrainedMixin(
         map_location: str | torch.device = "cpu",
         runtime: RuntimeConfig | None = None,
         **unused: Any,
-    ):
+    ) -> PAMM:
         """The mixin's hook (see :meth:`from_pretrained`)."""
         from safetensors import safe_open
 
-        hub = dict(
+        hub: dict[str, Any] = dict(
             revision=revision,
             cache_dir=cache_dir,
             force_download=force_download,
@@ -422,7 +442,7 @@ class PretrainedMixin(
                 f"bytes, {record['bytes']:,} recorded): the file was changed or damaged; download or "
                 f"export it again"
             )
-        model = cls(model_cfg, meta, load_backbone_weights=False, runtime=runtime)
+        model = cast("PAMM", cls(model_cfg, meta, load_backbone_weights=False, runtime=runtime))
         own = model.state_dict()
         try:
             with safe_open(str(weights), framework="pt") as f:

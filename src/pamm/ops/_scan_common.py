@@ -57,9 +57,9 @@ def check_inputs(
     gb, gc = group_count(B), group_count(C)
     if gb != gc and 1 not in (gb, gc):
         raise ValueError(f"B and C group counts must match or one of them be 1, got {gb} and {gc}")
-    for name, t in (("D", D), ("delta_bias", delta_bias)):
-        if t is not None and t.shape != (d,):
-            raise ValueError(f"{name} must be (channels={d},), got {tuple(t.shape)}")
+    for name, vector in (("D", D), ("delta_bias", delta_bias)):
+        if vector is not None and vector.shape != (d,):
+            raise ValueError(f"{name} must be (channels={d},), got {tuple(vector.shape)}")
     if orders is not None:
         if orders.dim() != 2 or orders.shape[1] != L or orders.dtype not in (torch.int32, torch.int64):
             raise ValueError(

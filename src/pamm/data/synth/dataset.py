@@ -13,7 +13,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from contextlib import closing
 from pathlib import Path
 
@@ -164,7 +164,7 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _rendered(jobs: Sequence[tuple], workers: int) -> Iterator[tuple[str, dict[str, bytes], dict]]:
+def _rendered(jobs: Sequence[tuple], workers: int) -> Generator[tuple[str, dict[str, bytes], dict], None, None]:
     """:func:`_render_example` of every job, in order, in ``workers`` processes (1: this one)."""
     if workers == 1:
         for job in jobs:

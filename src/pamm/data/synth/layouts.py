@@ -62,7 +62,7 @@ class DatasetLayout:
     name: ClassVar[str]
     folder: ClassVar[str]
     style: ClassVar[str]
-    example_files: ClassVar[tuple[str, ...]]
+    example_files: tuple[str, ...]  # a class attribute, or set per instance (the generic layout's tasks)
 
     def image_id(self, split: str, index: int) -> str:
         """File id of image ``index`` of ``split``; never depends on how many images are generated."""

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from .._version import __version__
 from ..errors import InputError, ResourceError
 from ..tasks import postprocess
 
@@ -174,8 +175,6 @@ def check_output_path(out: Path, overwrite: bool) -> None:
 
 
 def _metadata(model: PAMM, size: tuple[int, int], postprocess_outputs: bool) -> dict[str, str]:
-    from .. import __version__
-
     meta = model.meta
     spec = meta.spec
     outputs = {

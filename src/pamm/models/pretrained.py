@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 
+from .._version import __version__
 from ..config import ConfigError, RuntimeConfig, config_from_checkpoint, config_to_dict
 from ..errors import InputError, ResourceError
 from ..tasks import DatasetSpec
@@ -279,8 +280,6 @@ class PretrainedMixin(
         if bad:
             raise InputError(f"refusing to save: non-finite values in {', '.join(bad[:5])}")
         save_file(state, str(weights), metadata={"format": "pt", "pamm_format": PRETRAINED_FORMAT})
-        from .. import __version__
-
         description = {
             "format": PRETRAINED_FORMAT,
             "pamm_version": __version__,

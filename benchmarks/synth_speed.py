@@ -63,8 +63,8 @@ def _mat_comparison(images: int, size: tuple[int, int], repeats: int) -> dict[st
     """ms per image and bytes in all of encoding the two .mat files of each PASCAL example, both ways."""
     from scipy.io import loadmat, savemat
 
+    from pamm.data.formats import mat_bytes
     from pamm.data.synth import render_scene, scene_rng
-    from pamm.data.synth.formats import mat_bytes
     from pamm.data.synth.layouts import parts_annotation
 
     variables = []

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pamm.errors import InputError, ResourceError
-from pamm.fs import StagedFolder
+from pamm.fs import StagedFolder, folder_has_contents
 from pamm.manifest import MANIFEST_FILE, ManifestError, manifest_yaml, parse_manifest, read_manifest
 from pamm.tasks import DATASETS, dataset_spec
 
@@ -64,13 +64,7 @@ def _may_replace(out: Path, root: Path, overwrite: bool) -> bool:
     resolved_out, resolved_root = out.resolve(), root.resolve()
     if resolved_out == resolved_root or resolved_root in resolved_out.parents or resolved_out in resolved_root.parents:
         raise InputError(f"out: {str(out)!r} overlaps the source dataset {str(root)!r}; choose a folder outside it")
-    if out.is_symlink():
-        raise InputError(f"out: {str(out)!r} is a symbolic link; pass the folder that should hold the dataset")
-    if not out.exists():
-        return False
-    if not out.is_dir():
-        raise InputError(f"out: {str(out)!r} exists and is not a folder")
-    if not any(out.iterdir()):
+    if not folder_has_contents(out):
         return False
     if not overwrite:
         raise ConvertOutputExistsError(

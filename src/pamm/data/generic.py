@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from pamm.data.dataset import FileSpec, Layout, MultiTaskDataset, Transform, decoded_array
+from pamm.data.formats import npy_bytes, png_bytes
 from pamm.data.io import check_range, fail, read_depth_npy, read_label_png, read_rgb_image
 from pamm.manifest import Manifest, read_manifest
 from pamm.tasks import IGNORE_INDEX
@@ -173,8 +174,6 @@ def encode_targets(
     (1, H, W) metres, 0 = none; ``normals`` (3, H, W) or (H, W, 3), zero vectors = not annotated; ``edge`` (H, W) or
     (1, H, W) in {0, 1}. A value the encoding cannot hold is a ValueError naming the image.
     """
-    from pamm.data.synth.formats import npy_bytes, png_bytes
-
     files = {}
     paths = example_paths(manifest, image_id)
     for task, store in manifest.storage.items():

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pamm.errors import InputError, ResourceError
-from pamm.fs import StagedFolder, atomic_write_bytes
+from pamm.fs import StagedFolder, atomic_write_bytes, folder_has_contents
 
 from .layouts import SPLITS, WRITERS, DatasetLayout, GenericLayout, get_layout
 from .render import check_size, render_scene
@@ -101,13 +101,7 @@ def _describe(info: dict) -> str:
 
 def _may_replace(root: Path, overwrite: bool) -> bool:
     """Whether ``root`` holds a dataset to replace (False: nothing there yet); raises when it may not be touched."""
-    if root.is_symlink():
-        raise InputError(f"out: {str(root)!r} is a symbolic link; pass the folder that should hold the dataset")
-    if not root.exists():
-        return False
-    if not root.is_dir():
-        raise InputError(f"out: {str(root)!r} exists and is not a folder")
-    if not any(root.iterdir()):
+    if not folder_has_contents(root):
         return False
     info = read_marker(root)
     if info is None:

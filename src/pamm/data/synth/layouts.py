@@ -32,11 +32,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from pamm.data.formats import encode_normals, jpeg_bytes, mat_bytes, npy_bytes, png_bytes
 from pamm.errors import InputError
 from pamm.manifest import MANIFEST_FILE, Manifest, manifest_yaml, parse_manifest
 from pamm.tasks import HUMAN_PARTS, PASCAL_CLASSES, TASKS
 
-from .formats import encode_normals, jpeg_bytes, mat_bytes, npy_bytes, png_bytes
 from .vocabulary import FINE_PART_NAMES, KINDS
 
 __all__ = ["SPLITS", "DatasetLayout", "NYUDLayout", "PascalLayout", "GenericLayout", "WRITERS", "LAYOUTS",

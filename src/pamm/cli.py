@@ -16,6 +16,7 @@ import shlex
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_SIGINT, EXIT_SIGTERM, Interrupted, Terminated, describe, exit_code
@@ -98,11 +99,20 @@ def cmd_data_convert(args) -> int:
     return 0
 
 
-def _name_list(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+def _comma_list(expected: str) -> Callable[[str], list[str]]:
+    """An argparse type: comma-separated names (blanks dropped); none at all is refused as "expected <expected>"."""
+
+    def names(text: str) -> list[str]:
+        found = [name.strip() for name in text.split(",") if name.strip()]
+        if not found:
+            raise argparse.ArgumentTypeError(f"expected {expected} got {text!r}")
+        return found
+
     return names
+
+
+_name_list = _comma_list("comma-separated names,")
+_task_list = _comma_list("task names separated by commas, like semseg,depth;")
 
 
 def cmd_data_check(args) -> int:
@@ -218,13 +228,6 @@ def _fraction(text: str) -> float:
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1) like 0.33, got {text!r}")
     return value
-
-
-def _task_list(text: str) -> list[str]:
-    tasks = [t.strip() for t in text.split(",") if t.strip()]
-    if not tasks:
-        raise argparse.ArgumentTypeError(f"expected task names separated by commas, like semseg,depth; got {text!r}")
-    return tasks
 
 
 def cmd_predict(args) -> int:

@@ -324,6 +324,18 @@ class StagedFolder:
                               f"{describe_os_error(e, aside)}", stacklevel=3)  # fmt: skip
 
 
+def folder_has_contents(folder: Path, key: str = "out") -> bool:
+    """Whether the output folder ``folder`` (given as ``key``) exists with something in it: False when it is absent
+    or empty; an InputError naming ``key`` when it is a symbolic link or not a folder (never written through)."""
+    if folder.is_symlink():
+        raise InputError(f"{key}: {str(folder)!r} is a symbolic link; pass the folder that should hold the dataset")
+    if not folder.exists():
+        return False
+    if not folder.is_dir():
+        raise InputError(f"{key}: {str(folder)!r} exists and is not a folder")
+    return any(folder.iterdir())
+
+
 def make_folders(folder: str | os.PathLike) -> list[Path]:
     """``mkdir -p folder``; returns the folders it created, outermost first (for :func:`remove_empty_folders` should
     the work fail). A path component that is a file is an :class:`~pamm.errors.InputError`; a refusal of the system

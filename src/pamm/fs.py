@@ -336,6 +336,18 @@ def folder_has_contents(folder: Path, key: str = "out") -> bool:
     return any(folder.iterdir())
 
 
+def unexpected_files(root: Path, expected: set[str]) -> list[str]:
+    """Files under ``root`` (POSIX paths relative to it, sorted) that are not in ``expected``: what a writer that
+    replaces the folder would lose."""
+    found = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            relative = Path(folder, name).relative_to(root).as_posix()
+            if relative not in expected:
+                found.append(relative)
+    return sorted(found)
+
+
 def make_folders(folder: str | os.PathLike) -> list[Path]:
     """``mkdir -p folder``; returns the folders it created, outermost first (for :func:`remove_empty_folders` should
     the work fail). A path component that is a file is an :class:`~pamm.errors.InputError`; a refusal of the system

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pamm.errors import InputError, ResourceError
-from pamm.fs import StagedFolder, folder_has_contents
+from pamm.fs import StagedFolder, folder_has_contents, unexpected_files
 from pamm.manifest import MANIFEST_FILE, ManifestError, manifest_yaml, parse_manifest, read_manifest
 from pamm.tasks import DATASETS, dataset_spec
 
@@ -50,13 +50,7 @@ def generic_files(root: Path) -> tuple[set[str], list[str]]:
             continue
         for image_id in ids:
             owned.update(example_paths(manifest, image_id).values())
-    others = []
-    for folder, _, names in os.walk(root):
-        for name in names:
-            relative = Path(folder, name).relative_to(root).as_posix()
-            if relative not in owned:
-                others.append(relative)
-    return owned, sorted(others)
+    return owned, unexpected_files(root, owned)
 
 
 def _may_replace(out: Path, root: Path, overwrite: bool) -> bool:

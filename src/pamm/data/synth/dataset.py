@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pamm.errors import InputError, ResourceError
-from pamm.fs import StagedFolder, atomic_write_bytes, folder_has_contents
+from pamm.fs import StagedFolder, atomic_write_bytes, folder_has_contents, unexpected_files
 
 from .layouts import SPLITS, WRITERS, DatasetLayout, GenericLayout, get_layout
 from .render import check_size, render_scene
@@ -76,17 +76,6 @@ def _expected_files(info: dict) -> set[str]:
     return files
 
 
-def _unexpected_files(root: Path, expected: set[str]) -> list[str]:
-    """Files under ``root`` (relative paths, sorted) that are not in ``expected``."""
-    found = []
-    for folder, _, names in os.walk(root):
-        for name in names:
-            relative = Path(folder, name).relative_to(root).as_posix()
-            if relative not in expected:
-                found.append(relative)
-    return sorted(found)
-
-
 def _describe(info: dict) -> str:
     """``"a synthetic nyud dataset (12 train + 5 val images, 96x128, seed 0)"`` from a marker."""
     what = f"synthetic {info.get('layout')} dataset"
@@ -109,7 +98,7 @@ def _may_replace(root: Path, overwrite: bool) -> bool:
             f"out: {str(root)!r} is not empty and was not written by pamm data synth (no valid {MARKER_FILE}); it is "
             "never overwritten. Choose another --out, or move that folder away first"
         )
-    foreign = _unexpected_files(root, _expected_files(info))
+    foreign = unexpected_files(root, _expected_files(info))
     if foreign:
         raise SynthOutputExistsError(
             f"out: {str(root)!r} holds {_describe(info)} but also {len(foreign)} file(s) it did not write (e.g. "

@@ -55,4 +55,4 @@ architecture: install
 	$(PY) docs/architecture.py
 
 clean:
-	rm -rf $(VENV) runs data/demo .pytest_cache
+	rm -rf $(VENV) runs data/demo .pytest_cache .mypy_cache .ruff_cache

@@ -13,7 +13,7 @@ DEMO_VAL ?= 60
 DEMO_SIZE ?= 96x128
 DEMO_SET ?=
 
-.PHONY: demo test install lint clean
+.PHONY: demo test install lint format typecheck architecture clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,21 @@ demo: install
 test: install
 	$(PY) -m pytest -q -n 2
 
+# What CI checks besides the tests (CONTRIBUTING.md): lint and formatting, then the types of the package.
 lint: install
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks docs
+	$(VENV)/bin/ruff format --check
+
+format: install
+	$(VENV)/bin/ruff check --fix src tests benchmarks docs
+	$(VENV)/bin/ruff format
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+# Re-draw docs/architecture.md from the package's imports (tests/test_architecture.py checks it is current).
+architecture: install
+	$(PY) docs/architecture.py
 
 clean:
-	rm -rf $(VENV) runs data/demo .pytest_cache
+	rm -rf $(VENV) runs data/demo .pytest_cache .mypy_cache .ruff_cache

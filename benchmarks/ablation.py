@@ -50,10 +50,29 @@ def run_variant(name: str, overrides: list[str], seed: int, args, log) -> dict:
     metrics = out / "metrics.json"
     if metrics.exists() and not args.force:
         return json.loads(metrics.read_text())
-    cmd = [sys.executable, "-m", "pamm", "train", "--config", "demo", "--out", str(out), "--quiet",
-           "--set", f"data.root={Path(args.data) / 'NYUDv2'}", "--set", f"train.seed={seed}",
-           "--set", f"train.iterations={args.steps}", "--set", "train.eval_every=0",
-           "--set", f"train.checkpoint_every={args.steps}", "--set", "data.workers=0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pamm",
+        "train",
+        "--config",
+        "demo",
+        "--out",
+        str(out),
+        "--quiet",
+        "--set",
+        f"data.root={Path(args.data) / 'NYUDv2'}",
+        "--set",
+        f"train.seed={seed}",
+        "--set",
+        f"train.iterations={args.steps}",
+        "--set",
+        "train.eval_every=0",
+        "--set",
+        f"train.checkpoint_every={args.steps}",
+        "--set",
+        "data.workers=0",
+    ]
     cmd += [x for o in overrides for x in ("--set", o)] + [x for o in args.set for x in ("--set", o)]
     if args.device:
         cmd += ["--device", args.device]
@@ -110,8 +129,10 @@ def _preset_summary(extra: list[str]) -> str:
     bb = cfg.model.backbone
     weights = "ImageNet weights" if (bb.pretrained or bb.weights) else "from scratch"
     h, w = cfg.data.train_size
-    return (f"{bb.name} backbone ({weights}) at stride {bb.patch_size}, d = {cfg.model.dim}, N = {cfg.model.d_state}; "
-            f"{h}x{w} inputs")
+    return (
+        f"{bb.name} backbone ({weights}) at stride {bb.patch_size}, d = {cfg.model.dim}, N = {cfg.model.d_state}; "
+        f"{h}x{w} inputs"
+    )
 
 
 def _batch(extra: list[str]) -> int:
@@ -148,15 +169,19 @@ def bar_chart(rows: list[dict], path: Path) -> None:
         y = pad + i * bar_h
         mean = statistics.mean(r["dm"])
         draw.text((8, y + 6), r["name"][:44], fill="black")
-        draw.rectangle([min(x(0), x(mean)), y + 4, max(x(0), x(mean)), y + bar_h - 4],
-                       fill=(70, 130, 180) if mean >= 0 else (205, 92, 92))
+        draw.rectangle(
+            [min(x(0), x(mean)), y + 4, max(x(0), x(mean)), y + bar_h - 4],
+            fill=(70, 130, 180) if mean >= 0 else (205, 92, 92),
+        )
         for v in r["dm"]:
             draw.ellipse([x(v) - 3, y + bar_h / 2 - 3, x(v) + 3, y + bar_h / 2 + 3], outline="black")
     draw.line([x(0), pad - 4, x(0), height - 30], fill="black")
     # PIL's default bitmap font has no Greek letters: spell delta out
-    draw.text((left, height - 24), f"delta-m (%) vs single-task, per seed (circles) and mean (bar); axis "
-              f"{lo:.0f}..{hi:.0f}",
-              fill="black")
+    draw.text(
+        (left, height - 24),
+        f"delta-m (%) vs single-task, per seed (circles) and mean (bar); axis {lo:.0f}..{hi:.0f}",
+        fill="black",
+    )
     img.save(path)
 
 
@@ -182,11 +207,19 @@ def main() -> None:
     from pamm.data.synth import synthesize
 
     if not (Path(args.data) / "NYUDv2" / "gt_sets" / "val.txt").exists():
-        synthesize(Path(args.data), layout="nyud", n_train=args.train_images, n_val=args.val_images,
-                   size=(96, 128), seed=12345, progress=False)
+        synthesize(
+            Path(args.data),
+            layout="nyud",
+            n_train=args.train_images,
+            n_val=args.val_images,
+            size=(96, 128),
+            seed=12345,
+            progress=False,
+        )
     seeds = [int(s) for s in args.seeds.split(",")]
-    variants = {k: v for k, v in VARIANTS.items()
-                if not args.variants or any(k.startswith(x) for x in args.variants.split(","))}
+    variants = {
+        k: v for k, v in VARIANTS.items() if not args.variants or any(k.startswith(x) for x in args.variants.split(","))
+    }
     jobs = [(name, ov, seed) for name, ov in variants.items() for seed in seeds]
     results: dict[tuple[str, int], dict] = {}
     started = time.time()
@@ -197,8 +230,11 @@ def main() -> None:
     elapsed = time.time() - started
     run_total = sum(run_seconds(n, s, args) for n, _, s in jobs)
 
-    single = {s: {t: results[(f"single-task {t}", s)][t][MAIN[t][0]] for t in TASKS} for s in seeds
-              if all((f"single-task {t}", s) in results for t in TASKS)}
+    single = {
+        s: {t: results[(f"single-task {t}", s)][t][MAIN[t][0]] for t in TASKS}
+        for s in seeds
+        if all((f"single-task {t}", s) in results for t in TASKS)
+    }
     rows = []
     for name, ov in variants.items():
         per_task = {t: [results[(name, s)][t][MAIN[t][0]] for s in seeds if t in results[(name, s)]] for t in TASKS}
@@ -220,9 +256,11 @@ def main() -> None:
     ]
     for r in rows:
         m = r["metrics"]
-        lines.append(f"| {r['name']} | {fmt(m['semseg'])} | {fmt(m['depth'])} | {fmt(m['normals'])} | "
-                     f"{fmt(m['edge'])} | {fmt(r['dm']) if r['dm'] else '–'} | {r['params']:.2f} | "
-                     f"{r['gflops']:.2f} |")
+        lines.append(
+            f"| {r['name']} | {fmt(m['semseg'])} | {fmt(m['depth'])} | {fmt(m['normals'])} | "
+            f"{fmt(m['edge'])} | {fmt(r['dm']) if r['dm'] else '–'} | {r['params']:.2f} | "
+            f"{r['gflops']:.2f} |"
+        )
     full = next(r for r in rows if r["name"].startswith("PAMM"))
     findings = []
     for r in rows:
@@ -236,10 +274,12 @@ def main() -> None:
         else:
             verdict = f"no difference beyond the seed spread (the full model {'ahead' if diff > 0 else 'behind'})"
         needed = f"about {seeds_needed}" if seeds_needed <= 1000 else "more than 1,000"
-        findings.append(f"- PAMM vs **{r['name']}**: Δm {statistics.mean(full['dm']):+.2f} vs "
-                        f"{statistics.mean(r['dm']):+.2f} (difference {diff:+.2f} points, spread over seeds "
-                        f"{sd:.2f}): {verdict}; {needed} seeds per arm would make a difference of this size "
-                        f"significant (two-sided 5 %, power 80 %).")
+        findings.append(
+            f"- PAMM vs **{r['name']}**: Δm {statistics.mean(full['dm']):+.2f} vs "
+            f"{statistics.mean(r['dm']):+.2f} (difference {diff:+.2f} points, spread over seeds "
+            f"{sd:.2f}): {verdict}; {needed} seeds per arm would make a difference of this size "
+            f"significant (two-sided 5 %, power 80 %)."
+        )
     header = [
         "# Results on the embedded dataset",
         "",
@@ -256,21 +296,44 @@ def main() -> None:
     ]
     multi_rows = [r for r in rows if r["dm"]]
     below = [r["name"] for r in multi_rows if statistics.mean(r["dm"]) < 0]
-    summary = (f"{len(below)} of {len(multi_rows)} multi-task variants score below the single-task runs on average "
-               f"(Δm < 0): at this budget the four tasks compete for the shared backbone. Differences between "
-               "variants are to be read against the seed spread in the table; the seeds-per-arm estimates below say "
-               "how much larger an experiment would have to be for each difference to be significant.")
-    body = header + lines + ["", f"![Δm per variant]({chart.name})", "", "## Findings", "", summary, "",
-                             *findings, "",
-                             "Single-task runs train one task each with the same backbone, decoder and budget; the "
-                             "multi-task runs share the budget across four tasks."]
+    summary = (
+        f"{len(below)} of {len(multi_rows)} multi-task variants score below the single-task runs on average "
+        f"(Δm < 0): at this budget the four tasks compete for the shared backbone. Differences between "
+        "variants are to be read against the seed spread in the table; the seeds-per-arm estimates below say "
+        "how much larger an experiment would have to be for each difference to be significant."
+    )
+    body = (
+        header
+        + lines
+        + [
+            "",
+            f"![Δm per variant]({chart.name})",
+            "",
+            "## Findings",
+            "",
+            summary,
+            "",
+            *findings,
+            "",
+            "Single-task runs train one task each with the same backbone, decoder and budget; the "
+            "multi-task runs share the budget across four tasks.",
+        ]
+    )
     Path(args.out).write_text("\n".join(body) + "\n")
-    record = {"seeds": seeds, "steps": args.steps, "device": args.device or "auto", "run_wall_s": run_total,
-              "rows": rows, "extra_overrides": args.set, "date": time.strftime("%Y-%m-%d")}
+    record = {
+        "seeds": seeds,
+        "steps": args.steps,
+        "device": args.device or "auto",
+        "run_wall_s": run_total,
+        "rows": rows,
+        "extra_overrides": args.set,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     Path(args.out).with_suffix(".json").write_text(json.dumps(record, indent=1))
     print("\n".join(lines))
-    print(f"\n{len(jobs)} runs in {elapsed / 60:.1f} min; table in {Path(args.out).with_suffix('.json')}, "
-          f"chart {chart}")
+    print(
+        f"\n{len(jobs)} runs in {elapsed / 60:.1f} min; table in {Path(args.out).with_suffix('.json')}, chart {chart}"
+    )
 
 
 if __name__ == "__main__":

@@ -19,10 +19,19 @@ from pathlib import Path
 import torch
 
 DONE = "BUILD_OK"
-_NVCC_FLAGS = ["-O3", "-std=c++17", "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
-               "-U__CUDA_NO_BFLOAT16_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
-               "-U__CUDA_NO_BFLOAT162_OPERATORS__", "-U__CUDA_NO_BFLOAT162_CONVERSIONS__",
-               "--expt-relaxed-constexpr", "--expt-extended-lambda", "--use_fast_math"]
+_NVCC_FLAGS = [
+    "-O3",
+    "-std=c++17",
+    "-U__CUDA_NO_HALF_OPERATORS__",
+    "-U__CUDA_NO_HALF_CONVERSIONS__",
+    "-U__CUDA_NO_BFLOAT16_OPERATORS__",
+    "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
+    "-U__CUDA_NO_BFLOAT162_OPERATORS__",
+    "-U__CUDA_NO_BFLOAT162_CONVERSIONS__",
+    "--expt-relaxed-constexpr",
+    "--expt-extended-lambda",
+    "--use_fast_math",
+]
 
 
 def _obj_dir(build_dir):
@@ -46,8 +55,14 @@ def build(sdist, build_dir):
     os.environ["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"
     os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 8))
     start = time.time()
-    load(name="selective_scan_cuda", sources=sources, build_directory=str(_obj_dir(build_dir)),
-         extra_cflags=["-O3", "-std=c++17"], extra_cuda_cflags=_NVCC_FLAGS, verbose=True)
+    load(
+        name="selective_scan_cuda",
+        sources=sources,
+        build_directory=str(_obj_dir(build_dir)),
+        extra_cflags=["-O3", "-std=c++17"],
+        extra_cuda_cflags=_NVCC_FLAGS,
+        verbose=True,
+    )
     (build_dir / DONE).write_text(f"{time.time() - start:.1f}")
 
 
@@ -83,8 +98,9 @@ def scan_fn(ext):
         @staticmethod
         def backward(ctx, dout):
             u, delta, A, B, C, D, delta_bias, x = ctx.saved_tensors
-            du, ddelta, dA, dB, dC, dD, dbias = ext.bwd(u, delta, A, B, C, D, None, delta_bias, dout.contiguous(), x,
-                                                        None, None, True, False)[:7]
+            du, ddelta, dA, dB, dC, dD, dbias = ext.bwd(
+                u, delta, A, B, C, D, None, delta_bias, dout.contiguous(), x, None, None, True, False
+            )[:7]
             return du, ddelta, dA, dB.squeeze(1), dC.squeeze(1), dD, dbias
 
     return MambaScan.apply

@@ -36,11 +36,28 @@ def _state(params: int):
     g = torch.Generator().manual_seed(0)
     sizes = [4_000_000] * (params // 4_000_000) + ([params % 4_000_000] if params % 4_000_000 else [])
     weights = {f"layer{i}.weight": torch.randn(n, generator=g) for i, n in enumerate(sizes)}
-    optimizer = {"state": {i: {"step": torch.tensor(20.0), "exp_avg": torch.randn(n, generator=g) * 1e-3,
-                               "exp_avg_sq": torch.rand(n, generator=g) * 1e-6} for i, n in enumerate(sizes)},
-                 "param_groups": [{"lr": 2e-5, "params": list(range(len(sizes)))}]}
-    state = {"optimizer": optimizer, "scheduler": {"last_epoch": 20}, "rng": [{"torch": torch.get_rng_state()}],
-             "step": 20, "nonfinite": 0, "best_score": 0.0, "reference": "", "metrics": "", "pending_eval": False}
+    optimizer = {
+        "state": {
+            i: {
+                "step": torch.tensor(20.0),
+                "exp_avg": torch.randn(n, generator=g) * 1e-3,
+                "exp_avg_sq": torch.rand(n, generator=g) * 1e-6,
+            }
+            for i, n in enumerate(sizes)
+        },
+        "param_groups": [{"lr": 2e-5, "params": list(range(len(sizes)))}],
+    }
+    state = {
+        "optimizer": optimizer,
+        "scheduler": {"last_epoch": 20},
+        "rng": [{"torch": torch.get_rng_state()}],
+        "step": 20,
+        "nonfinite": 0,
+        "best_score": 0.0,
+        "reference": "",
+        "metrics": "",
+        "pending_eval": False,
+    }
     return weights, state
 
 
@@ -64,16 +81,21 @@ def _previous(folder: Path, weights: dict, state: dict, cfg) -> None:
     def save_weights(path):
         tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
         assert all(torch.isfinite(v).all() for v in tensors.values())
-        meta = {"format": "pamm-checkpoint-1", "config": yaml.safe_dump(config_to_dict(cfg), sort_keys=False),
-                "sha256": digest(tensors), "extra": json.dumps({"step": 20})}
+        meta = {
+            "format": "pamm-checkpoint-1",
+            "config": yaml.safe_dump(config_to_dict(cfg), sort_keys=False),
+            "sha256": digest(tensors),
+            "extra": json.dumps({"step": 20}),
+        }
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     save_weights(folder / "step-0000020.safetensors")
     buf = io.BytesIO()
     torch.save(state, buf)
     payload = buf.getvalue()
-    header = json.dumps({"format": "pamm-checkpoint-1", "sha256": hashlib.sha256(payload).hexdigest(),
-                         "size": len(payload)}).encode()
+    header = json.dumps(
+        {"format": "pamm-checkpoint-1", "sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload)}
+    ).encode()
     atomic_write_bytes(folder / "step-0000020.state.pt", len(header).to_bytes(4, "little") + header + payload)
     save_weights(folder / "best.safetensors")
 
@@ -99,8 +121,13 @@ def child(variant: str, params: int, folder: Path) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     written = sum(p.stat().st_size for p in folder.iterdir())
     distinct = sum(p.stat().st_size for p in {p.stat().st_ino: p for p in folder.iterdir()}.values())
-    return {"variant": variant, "seconds": round(seconds, 2), "extra_peak_rss_gb": round((peak - base) / 2**20, 2),
-            "files_gb": round(written / 2**30, 2), "bytes_on_disk_gb": round(distinct / 2**30, 2)}
+    return {
+        "variant": variant,
+        "seconds": round(seconds, 2),
+        "extra_peak_rss_gb": round((peak - base) / 2**20, 2),
+        "files_gb": round(written / 2**30, 2),
+        "bytes_on_disk_gb": round(distinct / 2**30, 2),
+    }
 
 
 def main() -> None:
@@ -120,13 +147,20 @@ def main() -> None:
         for variant in ("previous", "current"):
             folder = Path(args.dir) / f"{variant}-{repeat}"
             shutil.rmtree(folder, ignore_errors=True)
-            done = subprocess.run([sys.executable, __file__, "--child", variant, "--params", str(params), "--dir",
-                                   str(folder)], capture_output=True, text=True, check=True)
+            done = subprocess.run(
+                [sys.executable, __file__, "--child", variant, "--params", str(params), "--dir", str(folder)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             record = json.loads(done.stdout.strip().splitlines()[-1])
             shutil.rmtree(folder, ignore_errors=True)
             records.append(record)
-            print(f"{variant:8s} {record['seconds']:7.2f} s  extra peak RSS {record['extra_peak_rss_gb']:5.2f} GB  "
-                  f"files {record['files_gb']:.2f} GB ({record['bytes_on_disk_gb']:.2f} GB on disk)", flush=True)
+            print(
+                f"{variant:8s} {record['seconds']:7.2f} s  extra peak RSS {record['extra_peak_rss_gb']:5.2f} GB  "
+                f"files {record['files_gb']:.2f} GB ({record['bytes_on_disk_gb']:.2f} GB on disk)",
+                flush=True,
+            )
     if args.out:
         Path(args.out).write_text(json.dumps({"params": params, "records": records}, indent=1) + "\n")
 

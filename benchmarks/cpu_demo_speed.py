@@ -38,15 +38,38 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for flush in ("true", "false"):
             run = Path(tmp) / f"flush-{flush}"
-            cmd = [sys.executable, "-m", "pamm", "train", "--config", "demo", "--out", str(run), "--quiet",
-                   "--set", f"data.root={args.data}", "--set", f"train.iterations={args.steps}",
-                   "--set", "train.eval_every=0", "--set", "train.checkpoint_every=0", "--set", "train.log_every=20",
-                   "--set", f"train.warmup_iters={min(30, args.steps - 1)}", "--set", f"train.flush_denormal={flush}"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pamm",
+                "train",
+                "--config",
+                "demo",
+                "--out",
+                str(run),
+                "--quiet",
+                "--set",
+                f"data.root={args.data}",
+                "--set",
+                f"train.iterations={args.steps}",
+                "--set",
+                "train.eval_every=0",
+                "--set",
+                "train.checkpoint_every=0",
+                "--set",
+                "train.log_every=20",
+                "--set",
+                f"train.warmup_iters={min(30, args.steps - 1)}",
+                "--set",
+                f"train.flush_denormal={flush}",
+            ]
             subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
             rates = images_per_s(run)
             result[f"flush_denormal={flush}"] = {"median_images_per_s": statistics.median(rates), "intervals": rates}
-            print(f"flush_denormal={flush}: median {statistics.median(rates):.2f} images/s over {len(rates)} "
-                  f"intervals of 20 steps")
+            print(
+                f"flush_denormal={flush}: median {statistics.median(rates):.2f} images/s over {len(rates)} "
+                f"intervals of 20 steps"
+            )
     on, off = (result[f"flush_denormal={f}"]["median_images_per_s"] for f in ("true", "false"))
     print(f"ratio on/off: {on / off:.2f}x")
     if args.out:

@@ -42,7 +42,7 @@ def _follow(log: Path, seen: list, tic: float) -> None:
     if log.exists():
         lines = log.read_text().splitlines()
         now = time.time() - tic
-        seen.extend((now, line) for line in lines[len(seen):])
+        seen.extend((now, line) for line in lines[len(seen) :])
 
 
 def _pamm_processes(root: int) -> list[int]:
@@ -53,7 +53,7 @@ def _pamm_processes(root: int) -> list[int]:
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text()
-                parent[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+                parent[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
                 argv[int(entry.name)] = (entry / "cmdline").read_bytes().split(b"\0")
             except (OSError, ValueError, IndexError):
                 continue
@@ -69,8 +69,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="pascal-vitl")
     p.add_argument("--nproc", type=int, default=1, help="processes (GPUs) for torchrun")
-    p.add_argument("--launcher", choices=("torchrun", "plain"), default="torchrun",
-                   help="torchrun, or a plain `python -m pamm train` (one process) for comparison")
+    p.add_argument(
+        "--launcher",
+        choices=("torchrun", "plain"),
+        default="torchrun",
+        help="torchrun, or a plain `python -m pamm train` (one process) for comparison",
+    )
     p.add_argument("--images", type=int, default=24, help="training images of the embedded set")
     p.add_argument("--val", type=int, default=6, help="validation images")
     p.add_argument("--iterations", type=int, default=20)
@@ -92,21 +96,65 @@ def main() -> None:
     if not root.exists():
         h, w = cfg.data.train_size
         tic = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "pamm", "data", "synth", "--out", str(data), "--layout", layout,
-                        "--train", str(args.images), "--val", str(args.val), "--size", f"{h}x{w}", "--quiet"],
-                       env=env, check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pamm",
+                "data",
+                "synth",
+                "--out",
+                str(data),
+                "--layout",
+                layout,
+                "--train",
+                str(args.images),
+                "--val",
+                str(args.val),
+                "--size",
+                f"{h}x{w}",
+                "--quiet",
+            ],
+            env=env,
+            check=True,
+        )
         print(f"rendered {args.images} + {args.val} images in {time.perf_counter() - tic:.1f} s", flush=True)
     run = work / f"run-{args.preset}-{args.launcher}{args.nproc}"
     shutil.rmtree(run, ignore_errors=True)
-    sets = [f"data.root={root}", f"train.iterations={args.iterations}", f"train.eval_every={args.iterations}",
-            f"train.checkpoint_every={args.iterations}", "model.backbone.pretrained=false", *args.set]
+    sets = [
+        f"data.root={root}",
+        f"train.iterations={args.iterations}",
+        f"train.eval_every={args.iterations}",
+        f"train.checkpoint_every={args.iterations}",
+        "model.backbone.pretrained=false",
+        *args.set,
+    ]
     if args.launcher == "torchrun":
-        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc), "--master_addr",
-                  "127.0.0.1", "--master_port", str(_free_port()), "-m", "pamm"]
+        launch = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(args.nproc),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "pamm",
+        ]
     else:
         launch = [sys.executable, "-m", "pamm"]
-    cmd = [*launch, "train", "--config", args.preset, "--out", str(run), "--quiet",
-           *[x for s in sets for x in ("--set", s)]]
+    cmd = [
+        *launch,
+        "train",
+        "--config",
+        args.preset,
+        "--out",
+        str(run),
+        "--quiet",
+        *[x for s in sets for x in ("--set", s)],
+    ]
     print(" ".join(cmd), flush=True)
     logs = Path(args.out).parent if args.out else work
     logs.mkdir(parents=True, exist_ok=True)
@@ -140,13 +188,22 @@ def main() -> None:
     log = run / "train.log"
     text = log.read_text() if log.exists() else ""
     timings = [line for line in text.splitlines() if line.startswith("timings: ")]
-    record = {"preset": args.preset, "nproc": args.nproc, "images": args.images, "val": args.val,
-              "iterations": args.iterations, "exit_status": rc, "wall_s": round(end - tic, 1),
-              "log_last_modified_to_exit_s": round(end - log.stat().st_mtime, 1) if log.exists() else None,
-              "timings": timings, "train_log_seen_at_s": [[round(t, 1), line] for t, line in seen],
-              "stderr_tail": (logs / f"{stem}.stderr").read_text()[-6000:], "launcher": args.launcher,
-              "checkpoint_lines": re.findall(r"checkpoint .* written in [\d.]+ s", text),
-              "command": cmd}
+    record = {
+        "preset": args.preset,
+        "nproc": args.nproc,
+        "images": args.images,
+        "val": args.val,
+        "iterations": args.iterations,
+        "exit_status": rc,
+        "wall_s": round(end - tic, 1),
+        "log_last_modified_to_exit_s": round(end - log.stat().st_mtime, 1) if log.exists() else None,
+        "timings": timings,
+        "train_log_seen_at_s": [[round(t, 1), line] for t, line in seen],
+        "stderr_tail": (logs / f"{stem}.stderr").read_text()[-6000:],
+        "launcher": args.launcher,
+        "checkpoint_lines": re.findall(r"checkpoint .* written in [\d.]+ s", text),
+        "command": cmd,
+    }
     print(json.dumps(record, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(record, indent=1) + "\n")

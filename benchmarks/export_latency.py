@@ -59,7 +59,7 @@ def main() -> None:
         for backend in ("cpu", "reference"):
             graph = OnnxGraph(model).eval()
             model.set_runtime(dataclasses.replace(model.runtime, scan_backend=backend))
-            engines[f"pytorch ({backend} scan)"] = (lambda g=graph, b=backend: _torch_call(model, g, b, image))
+            engines[f"pytorch ({backend} scan)"] = lambda g=graph, b=backend: _torch_call(model, g, b, image)
         feed = {"image": image.numpy()}
         engines["onnxruntime"] = lambda: session.run(None, feed)
         times: dict[str, list[float]] = {name: [] for name in engines}

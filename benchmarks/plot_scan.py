@@ -33,8 +33,11 @@ def plot(record: dict, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("sequence length L (Hilbert scan of an h x w grid)")
     ax.set_ylabel("time per call (ms, median)")
-    ax.set_title(f"selective scan, b={shape['batch']}, {shape['tasks']} tasks x {shape['d_inner']} ch, "
-                 f"N={shape['state']}, {shape['K']} directions\n{record['device']}, {record['date']}", fontsize=10)
+    ax.set_title(
+        f"selective scan, b={shape['batch']}, {shape['tasks']} tasks x {shape['d_inner']} ch, "
+        f"N={shape['state']}, {shape['K']} directions\n{record['device']}, {record['date']}",
+        fontsize=10,
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

@@ -36,8 +36,16 @@ def _photo(height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC))
 
 
-def measure(preset: str, device: str, size: tuple[int, int], mode: str, scale: float | None, batch: int,
-            repeats: int, threads: int | None) -> dict:
+def measure(
+    preset: str,
+    device: str,
+    size: tuple[int, int],
+    mode: str,
+    scale: float | None,
+    batch: int,
+    repeats: int,
+    threads: int | None,
+) -> dict:
     """One configuration, in this process."""
     import torch
 
@@ -70,9 +78,15 @@ def measure(preset: str, device: str, size: tuple[int, int], mode: str, scale: f
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
     return {
-        "preset": preset, "device": str(predictor.device), "size": f"{size[0]}x{size[1]}", "mode": mode,
-        "scale": "auto" if scale is None else scale, "batch": batch, "threads": torch.get_num_threads(),
-        "seconds_per_call": round(median, 4), "images_per_s": round(batch / median, 2),
+        "preset": preset,
+        "device": str(predictor.device),
+        "size": f"{size[0]}x{size[1]}",
+        "mode": mode,
+        "scale": "auto" if scale is None else scale,
+        "batch": batch,
+        "threads": torch.get_num_threads(),
+        "seconds_per_call": round(median, 4),
+        "images_per_s": round(batch / median, 2),
         "host_peak_growth_mb": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024, 1),
         "device_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
         "gpu": torch.cuda.get_device_name() if cuda else None,
@@ -95,16 +109,40 @@ def main() -> None:
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     if args.one:
         mode, batch = args.modes, int(args.batch)
-        result = measure(args.preset, args.device, sizes[0], mode, args.slide_scale if mode == "slide" else None,
-                         batch, args.repeats, args.threads)
+        result = measure(
+            args.preset,
+            args.device,
+            sizes[0],
+            mode,
+            args.slide_scale if mode == "slide" else None,
+            batch,
+            args.repeats,
+            args.threads,
+        )
         print(json.dumps(result))
         return
     for mode in args.modes.split(","):
         for batch in (int(b) for b in args.batch.split(",")):
             for size in sizes:
-                command = [sys.executable, __file__, "--one", "--preset", args.preset, "--device", args.device,
-                           "--sizes", f"{size[0]}x{size[1]}", "--modes", mode, "--slide-scale", str(args.slide_scale),
-                           "--batch", str(batch), "--repeats", str(args.repeats)]
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    "--preset",
+                    args.preset,
+                    "--device",
+                    args.device,
+                    "--sizes",
+                    f"{size[0]}x{size[1]}",
+                    "--modes",
+                    mode,
+                    "--slide-scale",
+                    str(args.slide_scale),
+                    "--batch",
+                    str(batch),
+                    "--repeats",
+                    str(args.repeats),
+                ]
                 if args.threads:
                     command += ["--threads", str(args.threads)]
                 done = subprocess.run(command, capture_output=True, text=True)

@@ -83,8 +83,11 @@ def fwd_and_fwdbwd(scan, inputs, device, repeats=5, budget_ms=300.0):
     def forward_backward():
         scan(**inputs).backward(g)
 
-    return (median_ms(forward, device, repeats, (), budget_ms),
-            median_ms(forward_backward, device, repeats, leaves, budget_ms), forward_backward)
+    return (
+        median_ms(forward, device, repeats, (), budget_ms),
+        median_ms(forward_backward, device, repeats, leaves, budget_ms),
+        forward_backward,
+    )
 
 
 def rel(x, ref):

@@ -120,8 +120,11 @@ def compile_times() -> list[tuple[str, dict]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", default="1", help="comma-separated thread counts (torch.set_num_threads; the "
-                                                       "Numba backend follows torch's count)")
+    parser.add_argument(
+        "--threads",
+        default="1",
+        help="comma-separated thread counts (torch.set_num_threads; the Numba backend follows torch's count)",
+    )
     parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of {sorted(SHAPES)}")
     parser.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated, of {sorted(BACKENDS)}")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median)")
@@ -129,8 +132,10 @@ def main() -> None:
     parser.add_argument("--compile-only", action="store_true", help="only the first-call times")
     args = parser.parse_args()
     if not args.compile_only:
-        print(f"torch {torch.__version__}, {os.cpu_count()} CPUs visible; medians of {args.repeats} interleaved calls "
-              "after a warm-up (ms); x: speed-up over the reference")
+        print(
+            f"torch {torch.__version__}, {os.cpu_count()} CPUs visible; medians of {args.repeats} interleaved calls "
+            "after a warm-up (ms); x: speed-up over the reference"
+        )
         header = f"{'shape':<6} {'backend':<8} {'threads':>7} {'fwd':>9} {'fwd+bwd':>9} {'fwd x':>7} {'f+b x':>7}"
         print(header)
         print("-" * len(header))
@@ -138,8 +143,11 @@ def main() -> None:
             inputs, orders = make_inputs(**SHAPES[shape])
             for threads in (int(t) for t in args.threads.split(",")):
                 torch.set_num_threads(threads)
-                calls = {(name, mode): call for name in args.backends.split(",")
-                         for mode, call in closures(BACKENDS[name], inputs, orders).items()}
+                calls = {
+                    (name, mode): call
+                    for name in args.backends.split(",")
+                    for mode, call in closures(BACKENDS[name], inputs, orders).items()
+                }
                 ms = median_times_ms(calls, args.repeats)
                 for name in args.backends.split(","):
                     fwd, fwd_bwd = ms[name, "fwd"], ms[name, "fwd+bwd"]
@@ -148,11 +156,15 @@ def main() -> None:
                         speedup = f"{ms['reference', 'fwd'] / fwd:7.1f} {ms['reference', 'fwd+bwd'] / fwd_bwd:7.1f}"
                     print(f"{shape:<6} {name:<8} {threads:>7} {fwd:9.1f} {fwd_bwd:9.1f} {speedup}", flush=True)
     if args.compile or args.compile_only:
-        print("\nselective_scan_cpu in a fresh process (s): import (after torch's), then the first float32 and float64 "
-              "forward+backward")
+        print(
+            "\nselective_scan_cpu in a fresh process (s): import (after torch's), then the first float32 and float64 "
+            "forward+backward"
+        )
         for label, result in compile_times():
-            print(f"  {label:<22} import {result['import_s']:.1f}  float32 {result['first_call_float32_s']:.1f}  "
-                  f"float64 {result['first_call_float64_s']:.1f}")
+            print(
+                f"  {label:<22} import {result['import_s']:.1f}  float32 {result['first_call_float32_s']:.1f}  "
+                f"float64 {result['first_call_float64_s']:.1f}"
+            )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,15 @@ def main():
     for name in args.stages.split(","):
         stage = STAGES[name]
         L = stage["grid"][0] * stage["grid"][1]
-        inputs = stage_inputs(stage["batch"], stage["d_inner"], stage["tasks"], stage["state"], L, "cuda",
-                              dtype=getattr(torch, args.dtype))
+        inputs = stage_inputs(
+            stage["batch"],
+            stage["d_inner"],
+            stage["tasks"],
+            stage["state"],
+            L,
+            "cuda",
+            dtype=getattr(torch, args.dtype),
+        )
         orders = scan_orders(*stage["grid"], device="cuda")
         runs.append((inputs, orders))
         selective_scan_triton(**inputs, delta_softplus=True, orders=orders, config=config).sum().backward()

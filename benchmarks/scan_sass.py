@@ -91,12 +91,14 @@ def sass_counts(kernel, dump=None, name=""):
     cuobjdump = Path(nv.__file__).parent / "bin" / "cuobjdump"
     cubin = Path("/tmp") / f"scan_sass_{name}.cubin"
     cubin.write_bytes(kernel.asm["cubin"])
-    resources = subprocess.run([str(cuobjdump), "--dump-resource-usage", str(cubin)], capture_output=True, text=True,
-                               check=True).stdout
+    resources = subprocess.run(
+        [str(cuobjdump), "--dump-resource-usage", str(cubin)], capture_output=True, text=True, check=True
+    ).stdout
     regs = int(re.search(r"REG:(\d+)", resources).group(1))
     stack = int(re.search(r"STACK:(\d+)", resources).group(1))
-    sass = subprocess.run([str(cuobjdump), "--dump-sass", str(cubin)], capture_output=True, text=True,
-                          check=True).stdout
+    sass = subprocess.run(
+        [str(cuobjdump), "--dump-sass", str(cubin)], capture_output=True, text=True, check=True
+    ).stdout
     if dump:
         Path(dump).mkdir(parents=True, exist_ok=True)
         (Path(dump) / f"{name}.sass").write_text(sass)
@@ -134,9 +136,11 @@ def main():
         total = sum(ops.values())
         scale = warps / per_tile
         top = ", ".join(f"{op} {n}" for op, n in ops.most_common(args.top))
-        print(f"  {name}: {regs} registers, {stack} bytes stack, {warps} warps; SASS {total} instructions = "
-              f"{total * scale:.3f} warp instr / update (MUFU {ops['MUFU'] * scale:.3f}, "
-              f"SHFL {ops['SHFL'] * scale:.3f}, BAR {ops['BAR'] * scale:.3f})\n    {top}")
+        print(
+            f"  {name}: {regs} registers, {stack} bytes stack, {warps} warps; SASS {total} instructions = "
+            f"{total * scale:.3f} warp instr / update (MUFU {ops['MUFU'] * scale:.3f}, "
+            f"SHFL {ops['SHFL'] * scale:.3f}, BAR {ops['BAR'] * scale:.3f})\n    {top}"
+        )
 
 
 if __name__ == "__main__":

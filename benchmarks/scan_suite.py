@@ -71,8 +71,9 @@ def exp2_rate():
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     block, iters = 1024, 4096
     x = torch.rand(sms * 8 * block, device="cuda")
-    ms = do_bench(lambda: exp2_chain[(sms * 8,)](x, iters, BLOCK=block, num_warps=8), warmup=25, rep=200,
-                  return_mode="median")
+    ms = do_bench(
+        lambda: exp2_chain[(sms * 8,)](x, iters, BLOCK=block, num_warps=8), warmup=25, rep=200, return_mode="median"
+    )
     return x.numel() * iters * 4 / (ms * 1e-3)
 
 
@@ -89,8 +90,15 @@ def authors_pattern(scan_one, u, delta, A, B, C, D, delta_bias, orders, tasks):
         y = 0
         for k in range(orders.shape[0]):
             perm = orders[k]
-            y_k = scan_one(u[:, ch].index_select(2, perm), delta[:, ch].index_select(2, perm), A[ch],
-                           B[:, t].index_select(2, perm), C[:, t].index_select(2, perm), D[ch], delta_bias[ch])
+            y_k = scan_one(
+                u[:, ch].index_select(2, perm),
+                delta[:, ch].index_select(2, perm),
+                A[ch],
+                B[:, t].index_select(2, perm),
+                C[:, t].index_select(2, perm),
+                D[ch],
+                delta_bias[ch],
+            )
             y = y + y_k.index_select(2, inverse[k])
         outs.append(y)
     return torch.cat(outs, 1)
@@ -109,8 +117,7 @@ def scan_variants(names, orders, tasks, configs, mamba):
         if name == "triton":
             variants[name] = lambda **kw: selective_scan(**kw, delta_softplus=True, orders=orders, backend="triton")
         elif name == "reference":
-            variants[name] = lambda **kw: selective_scan(**kw, delta_softplus=True, orders=orders,
-                                                         backend="reference")
+            variants[name] = lambda **kw: selective_scan(**kw, delta_softplus=True, orders=orders, backend="reference")
         elif name == "authors-triton":
             variants[name] = lambda **kw: authors_pattern(triton_one, orders=orders, tasks=tasks, **kw)
         elif name == "authors-mamba" and mamba is not None:
@@ -120,7 +127,8 @@ def scan_variants(names, orders, tasks, configs, mamba):
             variants[name] = lambda _one=mamba_one, **kw: authors_pattern(_one, orders=orders, tasks=tasks, **kw)
     for label, overrides in (configs or {}).items():
         variants[f"triton {label}"] = lambda _config=overrides, **kw: selective_scan_triton(
-            **kw, delta_softplus=True, orders=orders, config=_config)
+            **kw, delta_softplus=True, orders=orders, config=_config
+        )
     return variants
 
 
@@ -141,9 +149,15 @@ def time_stage(name, stage, device, args, record, save, mamba):
     bytes_once = 3 * u.numel() * u.element_size() + 2 * B.numel() * B.element_size()  # u, delta, y; B, C
     exps = K * u.numel() * stage["state"]
     configs = (args.configs or {}).get(name, {})
-    out = dict(shape=dict(stage, L=L, K=K, channels=stage["tasks"] * stage["d_inner"]), dtype=args.dtype,
-               bytes_inputs_once=bytes_once, exp2_count=exps,
-               default_config=resolve_config(stage["state"], stage["d_inner"]), configs=configs, rows=[])
+    out = dict(
+        shape=dict(stage, L=L, K=K, channels=stage["tasks"] * stage["d_inner"]),
+        dtype=args.dtype,
+        bytes_inputs_once=bytes_once,
+        exp2_count=exps,
+        default_config=resolve_config(stage["state"], stage["d_inner"]),
+        configs=configs,
+        rows=[],
+    )
     record["stages"][name] = out
     gen = torch.Generator(device="cpu").manual_seed(1)
     g = torch.randn(u.shape, generator=gen).to(device=device, dtype=dtype)
@@ -169,13 +183,21 @@ def time_stage(name, stage, device, args, record, save, mamba):
             out["rows"].append(row)
             save()
             continue
-        row.update(fwd_ms=fwd, fwd_bwd_ms=fwdbwd, bwd_ms=fwdbwd - fwd, rel_diff_vs=base_label, rel_diffs=diffs,
-                   max_rel_diff=max(diffs.values()))
+        row.update(
+            fwd_ms=fwd,
+            fwd_bwd_ms=fwdbwd,
+            bwd_ms=fwdbwd - fwd,
+            rel_diff_vs=base_label,
+            rel_diffs=diffs,
+            max_rel_diff=max(diffs.values()),
+        )
         out["rows"].append(row)
         save()
-        print(f"[{name}] {label:<24} fwd {fwd:9.3f} ms  fwd+bwd {fwdbwd:9.3f} ms  peak "
-              f"{row.get('peak_mb', float('nan')):7.0f} MB  max diff vs {base_label} {row['max_rel_diff']:.1e}",
-              flush=True)
+        print(
+            f"[{name}] {label:<24} fwd {fwd:9.3f} ms  fwd+bwd {fwdbwd:9.3f} ms  peak "
+            f"{row.get('peak_mb', float('nan')):7.0f} MB  max diff vs {base_label} {row['max_rel_diff']:.1e}",
+            flush=True,
+        )
     if device == "cuda":
         del inputs, base
         torch.cuda.empty_cache()
@@ -199,8 +221,15 @@ def length_sweep(device, args, record, save, mamba):
                 failure(err)
                 continue
             series.setdefault(label, []).append(dict(L=L, fwd_ms=fwd, fwd_bwd_ms=fwdbwd))
-        print(f"[length] L={L}: " + ", ".join(f"{k} {v[-1]['fwd_ms']:.2f}/{v[-1]['fwd_bwd_ms']:.2f} ms"
-                                             for k, v in series.items() if v and v[-1]["L"] == L), flush=True)
+        print(
+            f"[length] L={L}: "
+            + ", ".join(
+                f"{k} {v[-1]['fwd_ms']:.2f}/{v[-1]['fwd_bwd_ms']:.2f} ms"
+                for k, v in series.items()
+                if v and v[-1]["L"] == L
+            ),
+            flush=True,
+        )
         del inputs
         torch.cuda.empty_cache()
     record["length_sweep"] = dict(shape=dict(stage, K=4), series=series)
@@ -210,20 +239,26 @@ def length_sweep(device, args, record, save, mamba):
 def summarize(record):
     """The summary table: per stage and variant, times and their ratios to the exp2 floor of the forward."""
     exp_rate, bw = record.get("exp2_per_s"), record.get("copy_bandwidth_gbs")
-    print(f"\n{record['date']} {record['device']}  copy {bw or float('nan'):.0f} GB/s  exp2 {exp_rate or 0:.2e}/s  "
-          f"torch {record['torch']} triton {record['triton']}")
+    print(
+        f"\n{record['date']} {record['device']}  copy {bw or float('nan'):.0f} GB/s  exp2 {exp_rate or 0:.2e}/s  "
+        f"torch {record['torch']} triton {record['triton']}"
+    )
     for name, st in record["stages"].items():
         floor = st["exp2_count"] / exp_rate * 1e3 if exp_rate else float("nan")
         byte_floor = st["bytes_inputs_once"] / (bw * 1e9) * 1e3 if bw else float("nan")
         print(f"{name} ({st['dtype']}): {st['shape']}; floors: exp2 {floor:.3f} ms, bytes once {byte_floor:.3f} ms")
-        print(f"  {'variant':<24}{'fwd ms':>9}{'f+b ms':>9}{'fwd/floor':>10}{'f+b/floor':>10}{'peak MB':>9}"
-              f"{'max diff':>10}")
+        print(
+            f"  {'variant':<24}{'fwd ms':>9}{'f+b ms':>9}{'fwd/floor':>10}{'f+b/floor':>10}{'peak MB':>9}"
+            f"{'max diff':>10}"
+        )
         for r in st["rows"]:
             if "error" in r:
                 print(f"  {r['variant']:<24} error: {r['error'][:90]}")
                 continue
-            print(f"  {r['variant']:<24}{r['fwd_ms']:>9.3f}{r['fwd_bwd_ms']:>9.3f}{r['fwd_ms'] / floor:>10.2f}"
-                  f"{r['fwd_bwd_ms'] / floor:>10.2f}{r.get('peak_mb', float('nan')):>9.0f}{r['max_rel_diff']:>10.1e}")
+            print(
+                f"  {r['variant']:<24}{r['fwd_ms']:>9.3f}{r['fwd_bwd_ms']:>9.3f}{r['fwd_ms'] / floor:>10.2f}"
+                f"{r['fwd_bwd_ms'] / floor:>10.2f}{r.get('peak_mb', float('nan')):>9.0f}{r['max_rel_diff']:>10.1e}"
+            )
 
 
 def main():
@@ -232,10 +267,14 @@ def main():
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--tiny", action="store_true", help="with --device cpu: the dry run (Triton's interpreter)")
     parser.add_argument("--stages", default="nyud,pascal")
-    parser.add_argument("--variants", default="triton,reference",
-                        help=f"comma-separated, of {list(VARIANTS)}, or 'all'")
-    parser.add_argument("--configs", help="Triton launch configs to time beside the default: JSON (a file or inline)"
-                                          ' {"nyud": {"label": {"tile": 16}}, ...}')
+    parser.add_argument(
+        "--variants", default="triton,reference", help=f"comma-separated, of {list(VARIANTS)}, or 'all'"
+    )
+    parser.add_argument(
+        "--configs",
+        help="Triton launch configs to time beside the default: JSON (a file or inline)"
+        ' {"nyud": {"label": {"tile": 16}}, ...}',
+    )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--budget-ms", type=float, default=200.0, help="do_bench's time per measurement")
     parser.add_argument("--length-sweep", action="store_true")
@@ -261,9 +300,15 @@ def main():
 
     stages = TINY_STAGES if args.tiny else STAGES
     props = torch.cuda.get_device_properties(0) if args.device == "cuda" else None
-    record = dict(date=time.strftime("%Y-%m-%d"), device=props.name if props else "cpu (Triton interpreter)",
-                  sms=props.multi_processor_count if props else None, torch=torch.__version__,
-                  triton=triton.__version__, command=" ".join(sys.argv), stages={})
+    record = dict(
+        date=time.strftime("%Y-%m-%d"),
+        device=props.name if props else "cpu (Triton interpreter)",
+        sms=props.multi_processor_count if props else None,
+        torch=torch.__version__,
+        triton=triton.__version__,
+        command=" ".join(sys.argv),
+        stages={},
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -273,8 +318,10 @@ def main():
     if args.device == "cuda":
         record["copy_bandwidth_gbs"] = copy_bandwidth_gbs()
         record["exp2_per_s"] = exp2_rate()
-        print(f"{record['device']}: copy {record['copy_bandwidth_gbs']:.0f} GB/s, exp2 {record['exp2_per_s']:.3e}/s",
-              flush=True)
+        print(
+            f"{record['device']}: copy {record['copy_bandwidth_gbs']:.0f} GB/s, exp2 {record['exp2_per_s']:.3e}/s",
+            flush=True,
+        )
         save()
     mamba = load(args.mamba_build, args.mamba_wait) if "authors-mamba" in args.variants else None
     record["mamba_ssm"] = "built" if mamba is not None else "not used"
@@ -284,8 +331,12 @@ def main():
         length_sweep(args.device, args, record, save, mamba)
     save()
     summarize(record)
-    failed = [r["variant"] for st in record["stages"].values() for r in st["rows"]
-              if "error" in r or not r["max_rel_diff"] <= (1e-2 if args.dtype == "bfloat16" else 1e-4)]
+    failed = [
+        r["variant"]
+        for st in record["stages"].values()
+        for r in st["rows"]
+        if "error" in r or not r["max_rel_diff"] <= (1e-2 if args.dtype == "bfloat16" else 1e-4)
+    ]
     if failed:
         raise SystemExit(f"variants that failed or disagree with the first: {failed}")
 

@@ -91,21 +91,37 @@ def main():
     rows = []
     for backend in args.backends.split(","):
         if args.device == "cpu":
-            cmd = [sys.executable, __file__, "--device", "cpu", "--shape", args.shape, "--child", backend,
-                   "--directions", str(args.directions), "--repeats", str(args.repeats)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--device",
+                "cpu",
+                "--shape",
+                args.shape,
+                "--child",
+                backend,
+                "--directions",
+                str(args.directions),
+                "--repeats",
+                str(args.repeats),
+            ]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
         else:
             rows.append(measure_backend(backend, shape, args.device, args.directions, args.repeats))
-    title = (f"selective scan, (b, d, N, L) = {shape}, fp32, softplus + bias, {args.directions or 1} direction(s), "
-             f"{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats}")
+    title = (
+        f"selective scan, (b, d, N, L) = {shape}, fp32, softplus + bias, {args.directions or 1} direction(s), "
+        f"{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats}"
+    )
     print(title)
     print(f"{'backend':<12}{'fwd ms':>10}{'fwd+bwd ms':>12}{'peak MB':>10}{'saved MB':>10}")
     for r in rows:
-        print(f"{r['backend']:<12}{r['fwd_ms']:>10.1f}{r['fwd_bwd_ms']:>12.1f}{r['peak_mb']:>10.1f}"
-              f"{r['saved_for_backward_mb']:>10.1f}")
+        print(
+            f"{r['backend']:<12}{r['fwd_ms']:>10.1f}{r['fwd_bwd_ms']:>12.1f}{r['peak_mb']:>10.1f}"
+            f"{r['saved_for_backward_mb']:>10.1f}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(dict(title=title, rows=rows), indent=1))
 

@@ -63,8 +63,8 @@ def _mat_comparison(images: int, size: tuple[int, int], repeats: int) -> dict[st
     """ms per image and bytes in all of encoding the two .mat files of each PASCAL example, both ways."""
     from scipy.io import loadmat, savemat
 
+    from pamm.data.formats import mat_bytes
     from pamm.data.synth import render_scene, scene_rng
-    from pamm.data.synth.formats import mat_bytes
     from pamm.data.synth.layouts import parts_annotation
 
     variables = []
@@ -108,8 +108,10 @@ def main() -> None:
     args = p.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
     folder = Path(args.dir or tempfile.gettempdir())
-    print(f"machine: {platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
-          f"numpy {np.__version__}; {args.images} images of {args.size}, best of {args.repeats}, files in {folder}\n")
+    print(
+        f"machine: {platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
+        f"numpy {np.__version__}; {args.images} images of {args.size}, best of {args.repeats}, files in {folder}\n"
+    )
     print("| layout | " + " | ".join(f"images/s, {name}" for name in FLUSHES) + " |")
     print("|---|" + "---:|" * len(FLUSHES))
     for layout in ("nyud", "pascal"):

@@ -37,12 +37,17 @@ from pamm.models.reference import forward_reference
 from pamm.ops import inverse_orders, selective_scan
 from pamm.tasks import dataset_spec
 
-TINY = {"model.backbone.name": "vit_tiny_patch16_224", "model.backbone.taps": [2, 5, 8, 11], "model.dim": 64,
-        "model.d_state": 8, "data.train_size": [64, 96], "data.test_size": [64, 96]}
+TINY = {
+    "model.backbone.name": "vit_tiny_patch16_224",
+    "model.backbone.taps": [2, 5, 8, 11],
+    "model.dim": 64,
+    "model.d_state": 8,
+    "data.train_size": [64, 96],
+    "data.test_size": [64, 96],
+}
 
 
-def authors_scan_pattern(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, orders=None,
-                         backend="auto"):
+def authors_scan_pattern(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, orders=None, backend="auto"):
     """``selective_scan`` over tasks (B/C groups) x directions executed as the released code does: one call per task
     and direction on permuted copies of x, delta, B, C, each result un-permuted, the directions summed."""
     groups = B.shape[1]
@@ -53,9 +58,17 @@ def authors_scan_pattern(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
         sl = slice(g * d, (g + 1) * d)
         y = 0
         for order, inv in zip(orders, inverse):
-            yk = selective_scan(u[:, sl][..., order], delta[:, sl][..., order], A[sl], B[:, g][..., order],
-                                C[:, g][..., order], None if D is None else D[sl],
-                                None if delta_bias is None else delta_bias[sl], delta_softplus, backend=backend)
+            yk = selective_scan(
+                u[:, sl][..., order],
+                delta[:, sl][..., order],
+                A[sl],
+                B[:, g][..., order],
+                C[:, g][..., order],
+                None if D is None else D[sl],
+                None if delta_bias is None else delta_bias[sl],
+                delta_softplus,
+                backend=backend,
+            )
             y = y + yk[..., inv]
         outs.append(y)
     return torch.cat(outs, dim=1)
@@ -63,6 +76,7 @@ def authors_scan_pattern(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
 
 def synthetic_batch(tasks, num_outputs, b, h, w, device, generator):
     """Random images and valid targets of every task (ignore pixels included)."""
+
     def rand(*shape):
         return torch.rand(*shape, generator=generator, device="cpu").to(device)
 
@@ -126,8 +140,16 @@ def measure_training(model, forward, cfg, mode, args, device, log):
     times = [cuda_time(step, device) for _ in range(args.steps if mode != "authors" else max(2, args.steps // 2))]
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     ms = statistics.median(times)
-    row = {"kind": "train", "preset": cfg.name, "mode": mode, "batch": args.batch, "step_ms": ms,
-           "images_per_s": args.batch / ms * 1e3, "peak_gib": peak, "times_ms": times}
+    row = {
+        "kind": "train",
+        "preset": cfg.name,
+        "mode": mode,
+        "batch": args.batch,
+        "step_ms": ms,
+        "images_per_s": args.batch / ms * 1e3,
+        "peak_gib": peak,
+        "times_ms": times,
+    }
     if args.profile and device.type == "cuda":
         from torch.profiler import ProfilerActivity, profile
 
@@ -140,8 +162,12 @@ def measure_training(model, forward, cfg, mode, args, device, log):
                 kernels[ev.key] = kernels.get(ev.key, 0.0) + ev.self_device_time_total / 1e3
         total = sum(kernels.values())
         scan = sum(v for k, v in kernels.items() if "scan" in k.lower())
-        row.update(device_ms=total, scan_ms=scan, scan_share=scan / max(total, 1e-9),
-                   top_kernels=sorted(kernels.items(), key=lambda kv: -kv[1])[:12])
+        row.update(
+            device_ms=total,
+            scan_ms=scan,
+            scan_share=scan / max(total, 1e-9),
+            top_kernels=sorted(kernels.items(), key=lambda kv: -kv[1])[:12],
+        )
     log(row)
     return row
 
@@ -162,8 +188,14 @@ def measure_inference(model, cfg, batch, args, device, log):
         run()
     times = [cuda_time(run, device) for _ in range(args.steps)]
     ms = statistics.median(times)
-    row = {"kind": "infer", "preset": cfg.name, "mode": "bf16", "batch": batch, "ms": ms,
-           "images_per_s": batch / ms * 1e3}
+    row = {
+        "kind": "infer",
+        "preset": cfg.name,
+        "mode": "bf16",
+        "batch": batch,
+        "ms": ms,
+        "images_per_s": batch / ms * 1e3,
+    }
     log(row)
     return row
 
@@ -172,9 +204,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", default="nyud-vitl,pascal-vitl")
     p.add_argument("--modes", default="bf16,bf16-authors-scan,authors,tf32")
-    p.add_argument("--checkpointing", default="",
-                   help="bf16 runs with activation checkpointing, ';'-separated sets of places, e.g. "
-                        "'backbone;backbone:selective,stages:selective' (each measured as mode bf16+PLACES)")
+    p.add_argument(
+        "--checkpointing",
+        default="",
+        help="bf16 runs with activation checkpointing, ';'-separated sets of places, e.g. "
+        "'backbone;backbone:selective,stages:selective' (each measured as mode bf16+PLACES)",
+    )
     p.add_argument("--batch", type=int, default=6)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
@@ -189,16 +224,24 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     record = out / "train_step.jsonl"
-    env = {"kind": "env", "torch": torch.__version__, "device": torch.cuda.get_device_name() if device.type == "cuda"
-           else "cpu", "date": time.strftime("%Y-%m-%d"), "args": vars(args)}
+    env = {
+        "kind": "env",
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "date": time.strftime("%Y-%m-%d"),
+        "args": vars(args),
+    }
     rows = []
 
     def log(row):
         rows.append(row)
         with open(record, "a") as f:
             f.write(json.dumps(row) + "\n")
-        short = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()
-                 if k not in ("times_ms", "top_kernels")}
+        short = {
+            k: (round(v, 2) if isinstance(v, float) else v)
+            for k, v in row.items()
+            if k not in ("times_ms", "top_kernels")
+        }
         print(json.dumps(short), flush=True)
 
     log(env)
@@ -235,8 +278,10 @@ def main() -> None:
     print("\npreset        mode                                      step ms   img/s   peak GiB  scan share")
     for r in rows:
         if r.get("kind") == "train" and "step_ms" in r:
-            print(f"{r['preset']:13s} {r['mode']:40s} {r['step_ms']:8.1f} {r['images_per_s']:7.2f} "
-                  f"{r['peak_gib']:9.2f}  {r.get('scan_share', float('nan')):.3f}")
+            print(
+                f"{r['preset']:13s} {r['mode']:40s} {r['step_ms']:8.1f} {r['images_per_s']:7.2f} "
+                f"{r['peak_gib']:9.2f}  {r.get('scan_share', float('nan')):.3f}"
+            )
     for r in rows:
         if r.get("kind") == "infer":
             print(f"{r['preset']:13s} infer b={r['batch']:<3d} {r['ms']:8.1f} {r['images_per_s']:7.2f}")

@@ -47,8 +47,9 @@ def sequential_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=F
     return y.to(dtype_in)
 
 
-def make_inputs(b=2, d=8, N=4, L=13, groups=None, dtype=torch.float64, bias=True, skip=True, decay_scale=5.0,
-                seed=0, device="cpu"):
+def make_inputs(
+    b=2, d=8, N=4, L=13, groups=None, dtype=torch.float64, bias=True, skip=True, decay_scale=5.0, seed=0, device="cpu"
+):
     """Fresh random leaves (requires_grad); A = -(0..decay_scale), delta around softplus^-1(0.5)."""
     gen = torch.Generator().manual_seed(seed)
 

@@ -45,8 +45,9 @@ def read_key_listing(path: Path) -> dict[str, TensorSpec]:
         if line.startswith("#") or not line.strip():
             continue
         name, shape, dtype = line.split("\t")
-        specs[name] = TensorSpec(tuple(int(s) for s in re.findall(r"\d+", shape)),
-                                 getattr(torch, dtype.removeprefix("torch.")))
+        specs[name] = TensorSpec(
+            tuple(int(s) for s in re.findall(r"\d+", shape)), getattr(torch, dtype.removeprefix("torch."))
+        )
     return specs
 
 
@@ -70,8 +71,9 @@ def full_size():
     return out
 
 
-@pytest.mark.parametrize("preset, dead, initialised", [("nyud-vitl", 36_239_808, 418_304),
-                                                        ("pascal-vitl", 63_226_752, 2_664_960)])
+@pytest.mark.parametrize(
+    "preset, dead, initialised", [("nyud-vitl", 36_239_808, 418_304), ("pascal-vitl", 63_226_752, 2_664_960)]
+)
 def test_every_official_tensor_is_placed_or_dropped_at_full_size(full_size, preset, dead, initialised):
     official, ours, tasks = full_size[preset]
     plan = plan_conversion(official, ours, tasks)
@@ -79,8 +81,9 @@ def test_every_official_tensor_is_placed_or_dropped_at_full_size(full_size, pres
     assert set(plan.placements) | set(plan.dropped) == set(official)
     assert set(plan.dropped) == {n for n in official if ".conv2d0." in n}  # the dead branch, all of it
     assert sum(numel(official[n]) for n in plan.dropped if not BUFFER.search(n)) == dead  # notes §1
-    assert sorted(plan.initialised) == sorted(f"stages.{s}.{k}" for s in range(4)
-                                              for k in ("A_log", "D", "prior.B", "prior.C"))
+    assert sorted(plan.initialised) == sorted(
+        f"stages.{s}.{k}" for s in range(4) for k in ("A_log", "D", "prior.B", "prior.C")
+    )
     assert sum(numel(ours[k]) for k in plan.initialised) == initialised
     # every tensor of ours is covered exactly: the placed regions add up to its size
     covered = {}
@@ -183,9 +186,15 @@ def tiny_official(tmp_path_factory):
     cfg = pamm.load_config("nyud-vitl", TINY)
     ours, _ = model_tensor_specs(cfg)
     grid = (cfg.data.train_size[0] // 16, cfg.data.train_size[1] // 16)
-    dims = {"d": cfg.model.dim, "di": 2 * cfg.model.dim, "n": cfg.model.d_state, "k": cfg.model.expert_kernel,
-            "dt_rank": cfg.model.resolved_dt_rank, "tokens": grid[0] * grid[1],
-            "vit": ours["backbone.model.norm.weight"].shape[0]}
+    dims = {
+        "d": cfg.model.dim,
+        "di": 2 * cfg.model.dim,
+        "n": cfg.model.d_state,
+        "k": cfg.model.expert_kernel,
+        "dt_rank": cfg.model.resolved_dt_rank,
+        "tokens": grid[0] * grid[1],
+        "vit": ours["backbone.model.norm.weight"].shape[0],
+    }
     blocks = 1 + max(int(k.split(".")[3]) for k in ours if k.startswith("backbone.model.blocks."))
     tensors = {}
     for name in read_key_listing(FILES["nyud-vitl"]):
@@ -205,8 +214,15 @@ def tiny_official(tmp_path_factory):
         else:
             tensors[name] = torch.randn(shape) * 0.05
     path = tmp_path_factory.mktemp("official") / "PAMM_nyud.pth"
-    torch.save({"model": {f"module.{k}": v for k, v in tensors.items()}, "optimizer": {"state": {}, "param_groups": []},
-                "epoch": 3, "iter_count": 39999}, path)
+    torch.save(
+        {
+            "model": {f"module.{k}": v for k, v in tensors.items()},
+            "optimizer": {"state": {}, "param_groups": []},
+            "epoch": 3,
+            "iter_count": 39999,
+        },
+        path,
+    )
     return path, tensors
 
 
@@ -226,22 +242,26 @@ def test_converted_values_land_where_they_belong(tiny_official, converted):
     d, n = cfg.model.dim, cfg.model.d_state
     s = "backbone.stage_MTLoRA_mamba"
     i = tasks.index("depth")
-    assert torch.equal(state["stages.2.task_conv.weight"][i * d: (i + 1) * d],
-                       official[f"{s}.2.task_conv.depth.weight"])
+    assert torch.equal(
+        state["stages.2.task_conv.weight"][i * d : (i + 1) * d], official[f"{s}.2.task_conv.depth.weight"]
+    )
     assert torch.equal(state["stages.1.bc.C.expert_up"][3], official[f"{s}.1.C_proj0.MoE.3.M.weight"][:, :, 0, 0])
-    assert torch.equal(state["stages.0.bc.B.expert_down"][4 * 14:], official[f"{s}.0.B_proj0.MoE.14.W.weight"])
+    assert torch.equal(state["stages.0.bc.B.expert_down"][4 * 14 :], official[f"{s}.0.B_proj0.MoE.14.W.weight"])
     assert torch.equal(state["backbone.model.pos_embed"], official["backbone.pos_embed"][:, 1:])
     e = tasks.index("edge")
     assert torch.equal(state["stages.3.dt_bias"][e], official[f"{s}.3.dt_proj0.edge.bias"])
     assert torch.equal(state["stages.3.dt_up.weight"][e], official[f"{s}.3.dt_proj0.edge.weight"])
     assert torch.equal(state["stages.0.gate_proj.weight"][e], official[f"{s}.0.proj_z0.edge.weight"][:, :, 0, 0])
-    assert torch.equal(state["stages.1.bc.B.norm_out.running_var"][e * n: (e + 1) * n],
-                       official[f"{s}.1.B_proj0.Bn.edge.running_var"])
+    assert torch.equal(
+        state["stages.1.bc.B.norm_out.running_var"][e * n : (e + 1) * n], official[f"{s}.1.B_proj0.Bn.edge.running_var"]
+    )
     assert torch.equal(state["stages.1.bc.B.router.pool"][e], official[f"{s}.1.B_proj0.router.edge.0.convsp.weight"][0])
-    assert torch.equal(state["stages.1.bc.B.router.channel_mix"][e],
-                       official[f"{s}.1.B_proj0.router.edge.0.conv3.weight"][:, :, 0, 0])
-    assert torch.equal(state["stages.1.bc.B.router.spatial_proj"][e],
-                       official[f"{s}.1.B_proj0.router.edge.0.conv2.weight"][:, :, 0, 0])
+    assert torch.equal(
+        state["stages.1.bc.B.router.channel_mix"][e], official[f"{s}.1.B_proj0.router.edge.0.conv3.weight"][:, :, 0, 0]
+    )
+    assert torch.equal(
+        state["stages.1.bc.B.router.spatial_proj"][e], official[f"{s}.1.B_proj0.router.edge.0.conv2.weight"][:, :, 0, 0]
+    )
     counters = [official[f"{s}.1.B_proj0.Bn_all.{t}.num_batches_tracked"] for t in tasks]
     assert state["stages.1.bc.B.norm_experts.num_batches_tracked"] == max(counters)
     assert torch.equal(state["fusion.normals.weights.0.weight"], official["backbone.task_mask.normals.0.weight"])
@@ -292,8 +312,10 @@ def test_x_experts_option_keeps_the_dead_branch(tiny_official, converted, tmp_pa
     assert report.dropped_tensors == 0 and report.x_experts
     state, cfg, _ = load_weights(tmp_path / "x.safetensors")
     assert cfg.model.x_experts
-    assert torch.equal(state["stages.2.x_experts.expert_down"][16 * 2: 16 * 3],
-                       official["backbone.stage_MTLoRA_mamba.2.conv2d0.MoE.2.W.weight"])
+    assert torch.equal(
+        state["stages.2.x_experts.expert_down"][16 * 2 : 16 * 3],
+        official["backbone.stage_MTLoRA_mamba.2.conv2d0.MoE.2.W.weight"],
+    )
     default, _, _ = load_weights(converted[0])  # same seed, same priors: the conversion is deterministic
     assert all(torch.equal(default[k], state[k]) for k in default if ".prior." in k)
     model, _ = load_model(tmp_path / "x.safetensors")

@@ -35,22 +35,64 @@ def tiny_nyud(tmp_path_factory):
 
 
 def _overrides(root, batch):
-    return [f"data.root={root}", "data.train_size=[64,96]", "data.test_size=[64,96]", "data.workers=0",
-            "model.dim=32", "model.router_noise=false", "model.backbone.drop_path=0.0", "runtime.scan_backend=auto",
-            "train.optimizer=sgd", "train.lr=0.01", "train.warmup_iters=0", "train.iterations=2",
-            f"train.batch_size={batch}", "train.eval_every=0", "train.checkpoint_every=0", "eval.batch_size=1",
-            "eval.edge=false"]
+    return [
+        f"data.root={root}",
+        "data.train_size=[64,96]",
+        "data.test_size=[64,96]",
+        "data.workers=0",
+        "model.dim=32",
+        "model.router_noise=false",
+        "model.backbone.drop_path=0.0",
+        "runtime.scan_backend=auto",
+        "train.optimizer=sgd",
+        "train.lr=0.01",
+        "train.warmup_iters=0",
+        "train.iterations=2",
+        f"train.batch_size={batch}",
+        "train.eval_every=0",
+        "train.checkpoint_every=0",
+        "eval.batch_size=1",
+        "eval.edge=false",
+    ]
 
 
 def test_two_process_ddp_matches_single_process(tiny_nyud, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    single = subprocess.run([sys.executable, str(HELPER), str(tmp_path / "single"), str(tmp_path / "single-rank"),
-                             *_overrides(tiny_nyud, 4)], env=env, capture_output=True, text=True, timeout=600)
+    single = subprocess.run(
+        [
+            sys.executable,
+            str(HELPER),
+            str(tmp_path / "single"),
+            str(tmp_path / "single-rank"),
+            *_overrides(tiny_nyud, 4),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(HELPER),
-                          str(tmp_path / "ddp"), str(tmp_path / "ddp-rank"), *_overrides(tiny_nyud, 2)],
-                         env=env, capture_output=True, text=True, timeout=600)
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            str(HELPER),
+            str(tmp_path / "ddp"),
+            str(tmp_path / "ddp-rank"),
+            *_overrides(tiny_nyud, 2),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     ref = torch.load(tmp_path / "single-rank0.pt")
     init = torch.load(tmp_path / "single-rank0-init.pt")
@@ -91,9 +133,25 @@ def test_pooled_batchnorm_is_exact_in_float64(tmp_path):
     """The demo model (EfficientNet-Lite0 with timm's BatchNormAct2d, PAMM's BatchNorm2d) in float64: two processes
     with half the batch each give the whole batch's outputs and, all-reduced, its gradients, to 1e-9."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(EXACT),
-                           str(tmp_path / "report")], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            str(EXACT),
+            str(tmp_path / "report"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     for rank in (0, 1):
         report = json.loads((tmp_path / f"report{rank}.json").read_text())
@@ -110,14 +168,44 @@ def test_torchrun_training_with_eval_and_checkpoint_at_the_last_step_exits_promp
     import time
 
     out = tmp_path / "run"
-    sets = [*_overrides(tiny_nyud, 2)[:-2], "data.workers=1", "train.iterations=4", "train.eval_every=2",
-            "train.checkpoint_every=2", "train.log_every=1", "eval.edge=true", "eval.edge_workers=2"]
+    sets = [
+        *_overrides(tiny_nyud, 2)[:-2],
+        "data.workers=1",
+        "train.iterations=4",
+        "train.eval_every=2",
+        "train.checkpoint_every=2",
+        "train.log_every=1",
+        "eval.edge=true",
+        "eval.edge_workers=2",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PAMM_CACHE_DIR": str(tmp_path / "cache")}
     tic = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "pamm", "train",
-                           "--config", "demo", "--out", str(out), "--quiet", *[x for s in sets for x in ("--set", s)]],
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "pamm",
+            "train",
+            "--config",
+            "demo",
+            "--out",
+            str(out),
+            "--quiet",
+            *[x for s in sets for x in ("--set", s)],
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     seconds = time.perf_counter() - tic
     assert done.returncode == 0, done.stderr[-3000:]
     log = (out / "train.log").read_text()
@@ -150,15 +238,39 @@ def test_sigterm_to_torchrun_stops_every_process_at_the_same_step_with_a_checkpo
     out = tmp_path / "run"
     sets = [*_overrides(tiny_nyud, 2), "train.iterations=40", "train.log_every=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PAMM_CACHE_DIR": str(tmp_path / "cache")}
-    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                                 "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "pamm",
-                                 "train", "--config", "demo", "--out", str(out), "--quiet",
-                                 *[x for s in sets for x in ("--set", s)]],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "pamm",
+            "train",
+            "--config",
+            "demo",
+            "--out",
+            str(out),
+            "--quiet",
+            *[x for s in sets for x in ("--set", s)],
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     log = out / "train.log"
     deadline = time.time() + 300
-    while launcher.poll() is None and time.time() < deadline and "step 2/40" not in (
-            log.read_text() if log.exists() else ""):
+    while (
+        launcher.poll() is None
+        and time.time() < deadline
+        and "step 2/40" not in (log.read_text() if log.exists() else "")
+    ):
         time.sleep(0.2)
     launcher.send_signal(signal.SIGTERM)
     _, stderr = launcher.communicate(timeout=120)
@@ -174,14 +286,36 @@ def test_sigterm_to_torchrun_stops_every_process_at_the_same_step_with_a_checkpo
 def _train(tmp_path, name, root, batch, steps, nproc=1, resume=None, extra=()):
     """Train (or with ``resume`` continue the run in that folder) with the helper; returns rank 0's weights."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    launch = [sys.executable] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-        "--master_port", str(_free_port())]
+    launch = (
+        [sys.executable]
+        if nproc == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+        ]
+    )
     run = resume or tmp_path / name
-    sets = [*_overrides(root, batch), f"train.iterations={steps}", f"train.checkpoint_every={steps}",
-            "train.poly_power=0", *extra]  # a constant learning rate: a 2-step run is the first half of a 4-step one
-    done = subprocess.run([*launch, str(HELPER), *(["--resume"] if resume else []), str(run), str(tmp_path / name),
-                           *sets], env=env, capture_output=True, text=True, timeout=600)
+    sets = [
+        *_overrides(root, batch),
+        f"train.iterations={steps}",
+        f"train.checkpoint_every={steps}",
+        "train.poly_power=0",
+        *extra,
+    ]  # a constant learning rate: a 2-step run is the first half of a 4-step one
+    done = subprocess.run(
+        [*launch, str(HELPER), *(["--resume"] if resume else []), str(run), str(tmp_path / name), *sets],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return torch.load(tmp_path / f"{name}0.pt"), run
 
@@ -198,8 +332,9 @@ def _relative_update_difference(a: dict, b: dict, init: dict) -> float:
 
 
 @pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
-def test_resume_on_another_number_of_processes_with_the_global_batch_kept_continues_the_run(tiny_nyud, tmp_path,
-                                                                                             before, after):
+def test_resume_on_another_number_of_processes_with_the_global_batch_kept_continues_the_run(
+    tiny_nyud, tmp_path, before, after
+):
     """Issue 15 (d) on CPUs: a run of `before` gloo processes, stopped at step 2 and resumed on `after` processes with
     the per-process batch that keeps the global batch (4), ends where the uninterrupted run ends (float32 rounding of
     other reduction orders only: measured 2e-5 (2 -> 1) and 4e-6 (1 -> 2); a run whose first half followed another
@@ -213,8 +348,10 @@ def test_resume_on_another_number_of_processes_with_the_global_batch_kept_contin
     print(f"\nresumed {before} -> {after} process(es): updates differ from the uninterrupted run by {difference:.1e}")
     assert difference < 1e-3
     log = (run / "train.log").read_text()
-    assert (f"--resume: the run was trained by {before} process(es) x batch {4 // before} and continues on {after} x "
-            f"{4 // after}: global batch 4 kept, same data order") in log
+    assert (
+        f"--resume: the run was trained by {before} process(es) x batch {4 // before} and continues on {after} x "
+        f"{4 // after}: global batch 4 kept, same data order"
+    ) in log
 
 
 def test_resume_on_another_number_of_processes_warns_when_the_global_batch_changes(tiny_nyud, tmp_path):
@@ -226,6 +363,8 @@ def test_resume_on_another_number_of_processes_warns_when_the_global_batch_chang
     messages: list[str] = []
     with Trainer(cfg, run, resume=True, progress=False, log=messages.append) as trainer:
         assert trainer.step == 2
-    assert ("warning: --resume: the run was trained by 2 process(es) x batch 2 and continues on 1 x 2: the global "
-            "batch changes from 4 to 2 and with it the data order and the effective learning rate (set "
-            "train.batch_size=4 to keep it)") in messages
+    assert (
+        "warning: --resume: the run was trained by 2 process(es) x batch 2 and continues on 1 x 2: the global "
+        "batch changes from 4 to 2 and with it the data order and the effective learning rate (set "
+        "train.batch_size=4 to keep it)"
+    ) in messages

@@ -85,16 +85,28 @@ def test_vit_export_from_the_cli_with_dynamic_batch_and_postprocessing(tmp_path,
     weights = tmp_path / "tiny.safetensors"
     save_weights(weights, model.state_dict(), cfg)
     out = tmp_path / "tiny.onnx"
-    code = cli.main(["export", "--checkpoint", str(weights), "--out", str(out), "--size", "48x80", "--dynamic-batch",
-                     "--postprocess"])
+    code = cli.main(
+        [
+            "export",
+            "--checkpoint",
+            str(weights),
+            "--out",
+            str(out),
+            "--size",
+            "48x80",
+            "--dynamic-batch",
+            "--postprocess",
+        ]
+    )
     printed = capsys.readouterr()
     assert code == 0, printed.err
     assert "checked in ONNX Runtime" in printed.out and "dynamic batch" in printed.out
     batch = images((48, 80), 3, seed=5)
     got = run(out, batch)
     with torch.no_grad():
-        raw = model((batch - torch.tensor(model.meta.mean).view(1, 3, 1, 1))
-                    / torch.tensor(model.meta.std).view(1, 3, 1, 1))
+        raw = model(
+            (batch - torch.tensor(model.meta.mean).view(1, 3, 1, 1)) / torch.tensor(model.meta.std).view(1, 3, 1, 1)
+        )
     for task in model.tasks:
         expected = postprocess(task, raw[task])
         assert got[task].shape == tuple(expected.shape)

@@ -226,7 +226,8 @@ def test_binary_and_normals_files_are_validated(tmp_path):
     write_png(root / "normals" / "x.png", normals)
     problems = check_dataset("generic", root)
     assert [(Path(p.path).name, p.message) for p in problems] == [
-        ("x.png", "label values 1 out of range; expected 0 or 255")]
+        ("x.png", "label values 1 out of range; expected 0 or 255")
+    ]
     assert Path(problems[0].path).parent.name == "sal"
     write_png(root / "sal" / "x.png", np.full((HEIGHT, WIDTH), 255, np.uint8))
     sample = GenericDataset(root, "train").load_raw(0)
@@ -395,7 +396,12 @@ def test_train_evaluate_predict_resume_on_a_two_task_dataset(two_task_root, tmp_
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(image)
     assert main(["predict", "--checkpoint", str(run), str(image), "--out", str(tmp_path / "pred")]) == 0
     assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == [
-        "photo_depth.npy", "photo_depth.png", "photo_panel.png", "photo_semseg.npy", "photo_semseg.png"]
+        "photo_depth.npy",
+        "photo_depth.png",
+        "photo_panel.png",
+        "photo_semseg.npy",
+        "photo_semseg.png",
+    ]
     semseg = np.load(tmp_path / "pred" / "photo_semseg.npy")
     assert semseg.shape == (20, 30) and semseg.max() < 5
     colours = Image.open(tmp_path / "pred" / "photo_semseg.png").getpalette()[: 3 * 5]  # the manifest's colours

@@ -58,9 +58,20 @@ def _cache(tmp_path_factory):
 
 
 def sets(root, **overrides) -> list[str]:
-    values = {"data.root": str(root), "data.train_size": "[64,96]", "data.test_size": "[64,96]", "data.workers": 0,
-              "train.iterations": 2, "train.warmup_iters": 0, "train.batch_size": 2, "train.eval_every": 0,
-              "train.checkpoint_every": 0, "train.log_every": 1, "eval.edge": "false", "eval.batch_size": 2}
+    values = {
+        "data.root": str(root),
+        "data.train_size": "[64,96]",
+        "data.test_size": "[64,96]",
+        "data.workers": 0,
+        "train.iterations": 2,
+        "train.warmup_iters": 0,
+        "train.batch_size": 2,
+        "train.eval_every": 0,
+        "train.checkpoint_every": 0,
+        "train.log_every": 1,
+        "eval.edge": "false",
+        "eval.batch_size": 2,
+    }
     values.update({k.replace("__", "."): v for k, v in overrides.items()})
     return [x for k, v in values.items() for x in ("--set", f"{k}={v}")]
 
@@ -131,20 +142,24 @@ time.sleep(120)
 
 
 def test_a_live_run_locks_its_folder_and_a_dead_one_does_not(run_copy, dataset, capsys):
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_copy)], stdout=subprocess.PIPE, text=True,
-                              env=subprocess_env())
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(run_copy)], stdout=subprocess.PIPE, text=True, env=subprocess_env()
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         before = snapshot(run_copy)
         rc, out, err = run(capsys, train_args(run_copy, dataset, "--resume", train__iterations=6))
         assert rc == errors.EXIT_RESOURCE
         line = one_line_error(err)
-        assert f"run folder {run_copy} is in use by another training (pid {holder.pid} on host " \
-               f"{socket.gethostname()}" in line
+        assert (
+            f"run folder {run_copy} is in use by another training (pid {holder.pid} on host "
+            f"{socket.gethostname()}" in line
+        )
         assert snapshot(run_copy) == before  # nothing touched
         fresh = run_copy.parent / "second"  # a second `train --out X` while X is in use: refused the same way
-        holder2 = subprocess.Popen([sys.executable, "-c", HOLDER, str(fresh)], stdout=subprocess.PIPE, text=True,
-                                   env=subprocess_env())
+        holder2 = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(fresh)], stdout=subprocess.PIPE, text=True, env=subprocess_env()
+        )
         try:
             assert holder2.stdout.readline().strip() == "held"
             rc, _, err = run(capsys, train_args(fresh, dataset))
@@ -183,8 +198,13 @@ def test_a_killed_runs_forked_children_do_not_keep_its_folder_locked(tmp_path):
     from pamm.engine.run import RunLock, RunLocked
 
     run_dir = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", FORKING_HOLDER, str(run_dir)], stdout=subprocess.PIPE,
-                              text=True, env=subprocess_env(), start_new_session=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", FORKING_HOLDER, str(run_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+        start_new_session=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunLocked, match=f"pid {holder.pid} "):  # a live holder refuses
@@ -214,8 +234,11 @@ def test_lock_without_flock_detects_stale_locks_by_pid(tmp_path, monkeypatch):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     lock_file = tmp_path / ".pamm.lock"
-    for pid, host, refused in [(dead.pid, socket.gethostname(), False), (os.getppid(), socket.gethostname(), True),
-                               (dead.pid, "another-host", True)]:
+    for pid, host, refused in [
+        (dead.pid, socket.gethostname(), False),
+        (os.getppid(), socket.gethostname(), True),
+        (dead.pid, "another-host", True),
+    ]:
         lock_file.write_text(json.dumps({"pid": pid, "host": host, "started": "earlier"}))
         lock = RunLock(tmp_path)
         if refused:
@@ -249,8 +272,11 @@ def test_resume_below_the_runs_step_is_refused_without_touching_anything(run_cop
 
 
 def test_resume_removes_temporaries_of_writes_a_killed_run_left(run_copy, dataset, capsys):
-    leftovers = [run_copy / "checkpoints" / ".step-0000006.state.pt.k2j4h.tmp",
-                 run_copy / "checkpoints" / ".best.safetensors.a8d9.tmp", run_copy / ".metrics.json.x1.tmp"]
+    leftovers = [
+        run_copy / "checkpoints" / ".step-0000006.state.pt.k2j4h.tmp",
+        run_copy / "checkpoints" / ".best.safetensors.a8d9.tmp",
+        run_copy / ".metrics.json.x1.tmp",
+    ]
     for p in leftovers:
         p.write_bytes(b"partial")
     mine = run_copy / "checkpoints" / ".my-notes.tmp"  # not a name pamm writes: left alone
@@ -360,8 +386,9 @@ def test_a_sample_failing_in_a_worker_is_one_line_not_a_worker_traceback(data, t
     from pamm.engine.trainer import Trainer
 
     overrides = dict(parse_override(s) for s in sets(data, data__workers=2)[1::2])
-    trainer = Trainer(load_config("demo", overrides), tmp_path / "run", device="cpu", progress=False,
-                      log=lambda m: None)
+    trainer = Trainer(
+        load_config("demo", overrides), tmp_path / "run", device="cpu", progress=False, log=lambda m: None
+    )
     try:
         for image_id in (data / "gt_sets" / "train.txt").read_text().split():  # damaged after validation
             _truncate_image(data, image_id)
@@ -395,8 +422,9 @@ def test_on_error_skip_replaces_a_sample_that_fails_at_load_time(data, tmp_path)
     from pamm.engine.trainer import Trainer
 
     overrides = dict(parse_override(s) for s in sets(data, data__workers=2, data__on_error="skip")[1::2])
-    trainer = Trainer(load_config("demo", overrides), tmp_path / "run", device="cpu", progress=False,
-                      log=lambda m: None)
+    trainer = Trainer(
+        load_config("demo", overrides), tmp_path / "run", device="cpu", progress=False, log=lambda m: None
+    )
     try:
         victim = _first_ids(data)[0]
         _truncate_image(data, victim)
@@ -438,8 +466,9 @@ def _enospc_for(monkeypatch, predicate):
 
 
 @pytest.mark.parametrize("victim", [".safetensors", ".state.pt"])
-def test_disk_full_at_a_checkpoint_is_one_line_exit_3_and_nothing_half_written(dataset, tmp_path, capsys,
-                                                                                monkeypatch, victim):
+def test_disk_full_at_a_checkpoint_is_one_line_exit_3_and_nothing_half_written(
+    dataset, tmp_path, capsys, monkeypatch, victim
+):
     _enospc_for(monkeypatch, lambda p: p.name.endswith(victim))
     out = tmp_path / "run"
     rc, _, err = run(capsys, train_args(out, dataset, train__checkpoint_every=1))
@@ -485,11 +514,17 @@ def test_empty_split_error_is_on_its_own_line_after_a_progress_bar(run_copy, dat
     data = tmp_path / "data"
     shutil.copytree(dataset, data)
     (data / "gt_sets" / "val.txt").write_text("")
-    done = subprocess.run([sys.executable, "-m", "pamm", "evaluate", "--run", str(run_copy), "--set",
-                           f"data.root={data}"], env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "pamm", "evaluate", "--run", str(run_copy), "--set", f"data.root={data}"],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2
-    assert f"\npamm evaluate: error: {data / 'gt_sets' / 'val.txt'}: split file lists no image ids" \
-           in "\n" + done.stderr
+    assert (
+        f"\npamm evaluate: error: {data / 'gt_sets' / 'val.txt'}: split file lists no image ids" in "\n" + done.stderr
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -519,8 +554,9 @@ def test_evaluate_checks_its_output_before_evaluating(run_copy, tmp_path, capsys
     rc, _, err = run(capsys, ["evaluate", "--run", run_copy, "--out", blocker / "m.json"])
     assert rc == errors.EXIT_INPUT and f"{blocker} is a file; expected a folder" in one_line_error(err, "evaluate")
     rc, _, err = run(capsys, ["evaluate", "--run", run_copy, "--out", tmp_path])
-    assert rc == errors.EXIT_INPUT and f"{tmp_path} is a folder; expected a file path" in one_line_error(err,
-                                                                                                         "evaluate")
+    assert rc == errors.EXIT_INPUT and f"{tmp_path} is a folder; expected a file path" in one_line_error(
+        err, "evaluate"
+    )
 
     def denied(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied")
@@ -549,8 +585,9 @@ def test_every_written_file_respects_the_umask(dataset, tmp_path, capsys, umask)
     finally:
         os.umask(old)
     files = [p for p in out.rglob("*") if p.is_file()] + [tmp_path / "eval.json"]
-    assert {"config.yaml", "metrics.json", "train.log", "best.safetensors", "step-0000002.state.pt"} <= \
-           {p.name for p in files}
+    assert {"config.yaml", "metrics.json", "train.log", "best.safetensors", "step-0000002.state.pt"} <= {
+        p.name for p in files
+    }
     modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
     assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
 
@@ -561,8 +598,11 @@ def test_every_written_file_respects_the_umask(dataset, tmp_path, capsys, umask)
 
 def test_folder_or_training_state_given_as_a_checkpoint(run_copy, tmp_path, capsys):
     rc, _, err = run(capsys, ["evaluate", "--checkpoint", run_copy])
-    assert rc == 2 and f"--checkpoint {run_copy} is a run folder, not a weights file; use --run {run_copy}" \
+    assert (
+        rc == 2
+        and f"--checkpoint {run_copy} is a run folder, not a weights file; use --run {run_copy}"
         in one_line_error(err, "evaluate")
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
     rc, _, err = run(capsys, ["evaluate", "--checkpoint", empty])
@@ -579,12 +619,26 @@ def test_checkpoint_of_another_preset_says_so_first_and_briefly(run_copy, tmp_pa
     from pamm.engine.checkpoint import CheckpointError, load_model
 
     ckpt = run_copy / "checkpoints" / "best.safetensors"
-    rc, _, err = run(capsys, ["evaluate", "--checkpoint", ckpt, "--config", "nyud-vitl", "--set",
-                              "model.backbone.pretrained=false", "--set", f"data.root={tmp_path}"])
+    rc, _, err = run(
+        capsys,
+        [
+            "evaluate",
+            "--checkpoint",
+            ckpt,
+            "--config",
+            "nyud-vitl",
+            "--set",
+            "model.backbone.pretrained=false",
+            "--set",
+            f"data.root={tmp_path}",
+        ],
+    )
     assert rc == 2
     line = one_line_error(err, "evaluate")
-    assert line.startswith(f"pamm evaluate: error: checkpoint {ckpt} is a demo checkpoint, the config is nyud-vitl: "
-                           f"the model does not fit (")
+    assert line.startswith(
+        f"pamm evaluate: error: checkpoint {ckpt} is a demo checkpoint, the config is nyud-vitl: "
+        f"the model does not fit ("
+    )
     assert "model.dim 32 vs 768" in line and "missing" in line and "unexpected" in line
     assert len(line) < 1200, len(line)
     with pytest.raises(CheckpointError, match=r"d_state 8 vs 4.*1?\d tensor\(s\) of another shape"):
@@ -615,10 +669,12 @@ def test_damaged_state_file_is_reported_on_stderr(run_copy, dataset, capsys):
 
 @pytest.mark.parametrize("failure", ["missing root", "unknown backbone", "offline weights", "non-finite loss"])
 def test_a_run_failing_before_its_first_step_leaves_nothing_behind(dataset, tmp_path, capsys, failure):
-    overrides = {"missing root": {"data__root": tmp_path / "nowhere"},
-                 "unknown backbone": {"model__backbone__name": "no_such_net"},
-                 "offline weights": {"model__backbone__weights": "null", "model__backbone__pretrained": "true"},
-                 "non-finite loss": {"train__loss_weights__depth": "1e39", "train__max_nonfinite_steps": 0}}[failure]
+    overrides = {
+        "missing root": {"data__root": tmp_path / "nowhere"},
+        "unknown backbone": {"model__backbone__name": "no_such_net"},
+        "offline weights": {"model__backbone__weights": "null", "model__backbone__pretrained": "true"},
+        "non-finite loss": {"train__loss_weights__depth": "1e39", "train__max_nonfinite_steps": 0},
+    }[failure]
     fresh, existing = tmp_path / "new" / "run", tmp_path / "existing"
     existing.mkdir()
     for out in (fresh, existing):
@@ -653,12 +709,20 @@ def test_signal_writes_a_checkpoint_and_prints_the_resume_command(dataset, tmp_p
     """A real process and a real signal; for SIGTERM the printed command is then run (about 25 s: two runs)."""
     out = tmp_path / "run"
     argv = train_args(out, dataset, train__iterations=40)
-    victim = subprocess.Popen([sys.executable, "-m", "pamm", *map(str, argv)], env=subprocess_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "pamm", *map(str, argv)],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     log = out / "train.log"
     deadline = time.time() + 300
-    while victim.poll() is None and time.time() < deadline and "step 2/40" not in (
-            log.read_text() if log.exists() else ""):
+    while (
+        victim.poll() is None
+        and time.time() < deadline
+        and "step 2/40" not in (log.read_text() if log.exists() else "")
+    ):
         time.sleep(0.1)
     victim.send_signal(signum)
     stdout, stderr = victim.communicate(timeout=120)
@@ -668,8 +732,10 @@ def test_signal_writes_a_checkpoint_and_prints_the_resume_command(dataset, tmp_p
     assert 2 <= step < 40
     assert (out / "checkpoints" / f"step-{step:07d}.state.pt").exists()
     lines = stderr.strip().splitlines()
-    assert lines[-2] == f"pamm train: {signal.Signals(signum).name} received: stopped at step {step} of 40; " \
-                        f"checkpoint {out / 'checkpoints' / f'step-{step:07d}.safetensors'} written"
+    assert (
+        lines[-2] == f"pamm train: {signal.Signals(signum).name} received: stopped at step {step} of 40; "
+        f"checkpoint {out / 'checkpoints' / f'step-{step:07d}.safetensors'} written"
+    )
     assert lines[-1].startswith("resume with: pamm train ") and lines[-1].endswith(" --resume")
     assert "Traceback" not in stderr
     for s in range(1, step + 1):  # the losses, as TensorBoard has them, at the logging interval (1 here)
@@ -678,22 +744,23 @@ def test_signal_writes_a_checkpoint_and_prints_the_resume_command(dataset, tmp_p
         return
     import shlex
 
-    resume = shlex.split(lines[-1][len("resume with: "):])[1:]
+    resume = shlex.split(lines[-1][len("resume with: ") :])[1:]
     resume = [a if a != "train.iterations=40" else f"train.iterations={step + 1}" for a in resume]
-    done = subprocess.run([sys.executable, "-m", "pamm", *resume], env=subprocess_env(), capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "pamm", *resume], env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "metrics.json").read_text())["step"] == step + 1
 
 
-def test_signal_during_an_evaluation_checkpoints_it_as_pending_and_resume_redoes_it(dataset, tmp_path,
-                                                                                     monkeypatch):
+def test_signal_during_an_evaluation_checkpoints_it_as_pending_and_resume_redoes_it(dataset, tmp_path, monkeypatch):
     from pamm.config import load_config, parse_override
     from pamm.engine import trainer as trainer_module
     from pamm.engine.trainer import Trainer
 
-    overrides = dict(parse_override(s) for s in sets(dataset, train__iterations=3, train__eval_every=2,
-                                                     eval__batch_size=1)[1::2])
+    overrides = dict(
+        parse_override(s) for s in sets(dataset, train__iterations=3, train__eval_every=2, eval__batch_size=1)[1::2]
+    )
     cfg = load_config("demo", overrides)
     real = trainer_module.evaluate
 
@@ -724,11 +791,22 @@ def test_exit_codes_of_each_kind_of_failure(dataset, tmp_path, capsys, monkeypat
     from pamm.engine.run import RunLocked
     from pamm.engine.trainer import TrainingStopped
 
-    cases = {errors.ResourceError("x"): 3, RunLocked("x"): 3, OSError(errno.ENOSPC, "full"): 3,
-             PermissionError(errno.EACCES, "denied"): 3, FileNotFoundError(errno.ENOENT, "nope"): 2,
-             CheckpointError("x"): 2, TrainingStopped("x"): 2, ValueError("x"): 2, KeyError("x"): 1,
-             RuntimeError("x"): 1, KeyboardInterrupt(): 130, errors.Terminated(): 143,
-             errors.Interrupted("x", signal.SIGTERM): 143, errors.Interrupted("x", signal.SIGINT): 130}
+    cases = {
+        errors.ResourceError("x"): 3,
+        RunLocked("x"): 3,
+        OSError(errno.ENOSPC, "full"): 3,
+        PermissionError(errno.EACCES, "denied"): 3,
+        FileNotFoundError(errno.ENOENT, "nope"): 2,
+        CheckpointError("x"): 2,
+        TrainingStopped("x"): 2,
+        ValueError("x"): 2,
+        KeyError("x"): 1,
+        RuntimeError("x"): 1,
+        KeyboardInterrupt(): 130,
+        errors.Terminated(): 143,
+        errors.Interrupted("x", signal.SIGTERM): 143,
+        errors.Interrupted("x", signal.SIGINT): 130,
+    }
     for e, code in cases.items():
         assert errors.exit_code(e) == code, e
     import pamm.engine.trainer
@@ -754,8 +832,10 @@ def test_out_of_memory_and_killed_workers_are_resource_errors_in_one_line():
     class OutOfMemoryError(RuntimeError):  # what torch raises, told by name
         pass
 
-    oom = OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.1 GiB "
-                           "of which 1.2 GiB is free.\nOf the allocated memory 70 GiB is allocated by PyTorch ...")
+    oom = OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.1 GiB "
+        "of which 1.2 GiB is free.\nOf the allocated memory 70 GiB is allocated by PyTorch ..."
+    )
     assert errors.exit_code(oom) == errors.EXIT_RESOURCE
     line = errors.describe(oom)
     assert line.startswith("CUDA out of memory. Tried to allocate 2.00 GiB. Lower train.batch_size")
@@ -768,10 +848,15 @@ def test_out_of_memory_and_killed_workers_are_resource_errors_in_one_line():
 
         return batches()
 
-    for message, hint in [("DataLoader worker (pid 4242) is killed by signal: Bus error. It is possible that "
-                           "dataloader's workers are out of shared memory. Please try to raise your shared memory "
-                           "limit.", "enlarge /dev/shm"),
-                          ("DataLoader worker (pid(s) 4242) exited unexpectedly", "lower data.workers")]:
+    for message, hint in [
+        (
+            "DataLoader worker (pid 4242) is killed by signal: Bus error. It is possible that "
+            "dataloader's workers are out of shared memory. Please try to raise your shared memory "
+            "limit.",
+            "enlarge /dev/shm",
+        ),
+        ("DataLoader worker (pid(s) 4242) exited unexpectedly", "lower data.workers"),
+    ]:
         with pytest.raises(errors.ResourceError) as info:
             next_batch(dead(message))
         assert "DataLoader worker (pid" in str(info.value) and hint in str(info.value) and "\n" not in str(info.value)
@@ -781,17 +866,25 @@ def test_out_of_memory_and_killed_workers_are_resource_errors_in_one_line():
 
 def test_readme_documents_the_exit_codes_of_pamm_errors():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme[readme.index("### Exit statuses"):]
+    section = readme[readme.index("### Exit statuses") :]
     section = section[: section.index("\n## ")]
-    for code in (errors.EXIT_OK, errors.EXIT_INTERNAL, errors.EXIT_INPUT, errors.EXIT_RESOURCE, errors.EXIT_SIGINT,
-                 errors.EXIT_SIGTERM):
+    for code in (
+        errors.EXIT_OK,
+        errors.EXIT_INTERNAL,
+        errors.EXIT_INPUT,
+        errors.EXIT_RESOURCE,
+        errors.EXIT_SIGINT,
+        errors.EXIT_SIGTERM,
+    ):
         assert f"| {code} |" in section, code
 
 
 def test_sigusr1_prints_every_threads_stack_and_the_command_goes_on():
     """How to see where a seemingly stuck `pamm train` is (each torchrun process): kill -USR1 PID."""
-    code = ("import os, signal; from pamm.cli import install_stack_dump; assert install_stack_dump(); "
-            "os.kill(os.getpid(), signal.SIGUSR1); print('still running')")
+    code = (
+        "import os, signal; from pamm.cli import install_stack_dump; assert install_stack_dump(); "
+        "os.kill(os.getpid(), signal.SIGUSR1); print('still running')"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "still running"

@@ -69,7 +69,8 @@ def test_save_then_load_gives_identical_outputs(tiny, folder):
     expected, got = outputs(model, x), outputs(loaded, x)
     assert all(torch.equal(expected[t], got[t]) for t in model.tasks)
     assert config_to_dict(config_from_checkpoint(loaded.pretrained_experiment)) == config_to_dict(
-        config_from_checkpoint(config_to_dict(cfg)))
+        config_from_checkpoint(config_to_dict(cfg))
+    )
     description = json.loads((folder / CONFIG_FILE).read_text())
     assert description["weights"]["sha256"] == file_sha256(folder / WEIGHTS_FILE)
     assert description["meta"]["tasks"] == list(model.tasks)
@@ -94,8 +95,9 @@ def test_a_missing_file_is_one_line(folder, tmp_path, capsys, missing):
             (copy / p.name).write_bytes(p.read_bytes())
     with pytest.raises(InputError, match=f"{missing}: missing"):
         PAMM.from_pretrained(copy)
-    code, err = one_line_error(capsys, ["export", "--checkpoint", str(copy), "--format", "onnx",
-                                        "--out", str(tmp_path / "m.onnx")])
+    code, err = one_line_error(
+        capsys, ["export", "--checkpoint", str(copy), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]
+    )
     assert code == 2 and len(err.splitlines()) == 1 and missing in err
     assert not (tmp_path / "m.onnx").exists()
 
@@ -110,8 +112,9 @@ def test_tampered_weights_and_config_are_refused(folder, tmp_path, capsys):
     (copy / WEIGHTS_FILE).write_bytes(bytes(weights))
     with pytest.raises(InputError, match="differs from the SHA-256 recorded in config.json"):
         PAMM.from_pretrained(copy)
-    code, err = one_line_error(capsys, ["export", "--checkpoint", str(copy), "--format", "pretrained",
-                                        "--out", str(tmp_path / "again")])
+    code, err = one_line_error(
+        capsys, ["export", "--checkpoint", str(copy), "--format", "pretrained", "--out", str(tmp_path / "again")]
+    )
     assert code == 2 and len(err.splitlines()) == 1 and "SHA-256" in err
     assert not (tmp_path / "again").exists()
     (copy / WEIGHTS_FILE).write_bytes((folder / WEIGHTS_FILE).read_bytes())
@@ -215,8 +218,12 @@ def run_folder(tiny, tmp_path_factory):
     cfg, model, _ = tiny
     run = tmp_path_factory.mktemp("run")
     save_weights(run / "checkpoints" / "best.safetensors", model.state_dict(), cfg)
-    metrics = {"semseg": {"mIoU": 41.25, "pixel_acc": 70.5}, "depth": {"rmse": 0.4712},
-               "normals": {"mean": 12.75}, "edge": {"odsF": 68.5}}
+    metrics = {
+        "semseg": {"mIoU": 41.25, "pixel_acc": 70.5},
+        "depth": {"rmse": 0.4712},
+        "normals": {"mean": 12.75},
+        "edge": {"odsF": 68.5},
+    }
     write_metrics(run / "metrics.json", metrics, cfg, extra={"checkpoint": "runs/x/checkpoints/best.safetensors",
                                                              "split": "val"})  # fmt: skip
     return run
@@ -225,8 +232,21 @@ def run_folder(tiny, tmp_path_factory):
 def test_export_pretrained_from_a_run_writes_a_model_card_with_its_metrics(tiny, run_folder, tmp_path, capsys):
     cfg, model, x = tiny
     out = tmp_path / "shared"
-    code = cli.main(["export", "--checkpoint", str(run_folder), "--format", "pretrained", "--out", str(out),
-                     "--hub-id", "me/pamm-tiny", "--license", "cc-by-4.0"])
+    code = cli.main(
+        [
+            "export",
+            "--checkpoint",
+            str(run_folder),
+            "--format",
+            "pretrained",
+            "--out",
+            str(out),
+            "--hub-id",
+            "me/pamm-tiny",
+            "--license",
+            "cc-by-4.0",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     loaded = PAMM.from_pretrained(out)
     expected, got = outputs(model, x), outputs(loaded, x)
@@ -234,8 +254,9 @@ def test_export_pretrained_from_a_run_writes_a_model_card_with_its_metrics(tiny,
     card = ModelCard.load(out / CARD_FILE)
     data = card.data.to_dict()
     assert data["license"] == "cc-by-4.0" and data["pamm"]["preset"] == cfg.name
-    results = {(r["task"]["name"], m["type"]): m["value"] for r in data["model-index"][0]["results"]
-               for m in r["metrics"]}
+    results = {
+        (r["task"]["name"], m["type"]): m["value"] for r in data["model-index"][0]["results"] for m in r["metrics"]
+    }
     assert results[("semseg", "mIoU")] == 41.25 and results[("depth", "rmse")] == 0.4712
     assert "| semseg | mIoU | 41.2500 |" in card.text and 'pamm.load("me/pamm-tiny")' in card.text
     assert "## Training" in card.text and f"{cfg.train.iterations:,} iterations" in card.text
@@ -245,25 +266,31 @@ def test_export_pretrained_from_a_run_writes_a_model_card_with_its_metrics(tiny,
 
     first, second = load_file(out / WEIGHTS_FILE), load_file(again / WEIGHTS_FILE)
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
-    code, err = one_line_error(capsys, ["export", "--checkpoint", str(run_folder), "--format", "pretrained",
-                                        "--out", str(out)])
+    code, err = one_line_error(
+        capsys, ["export", "--checkpoint", str(run_folder), "--format", "pretrained", "--out", str(out)]
+    )
     assert code == 2 and "exists" in err and len(err.splitlines()) == 1
 
 
 def test_every_source_kind_loads_and_bad_sources_are_one_line(tiny, run_folder, folder, tmp_path):
     _, model, x = tiny
     expected = outputs(model, x)
-    for source, kind in [(run_folder, "run"), (run_folder / "checkpoints" / "best.safetensors", "weights"),
-                         (folder, "pretrained")]:
+    for source, kind in [
+        (run_folder, "run"),
+        (run_folder / "checkpoints" / "best.safetensors", "weights"),
+        (folder, "pretrained"),
+    ]:
         trained = load_trained(source)
         assert trained.kind == kind
         got = outputs(trained.model, x)
         assert all(torch.equal(expected[t], got[t]) for t in model.tasks)
     assert load_trained(run_folder).metrics["semseg"]["mIoU"] == 41.25
     (tmp_path / "empty").mkdir()
-    for source, pattern in [(tmp_path / "nothing-here.safetensors", "no such file or folder"),
-                            (tmp_path / "empty", "neither a run folder"),
-                            (tmp_path / "a" / "b" / "c", "no such file or folder")]:
+    for source, pattern in [
+        (tmp_path / "nothing-here.safetensors", "no such file or folder"),
+        (tmp_path / "empty", "neither a run folder"),
+        (tmp_path / "a" / "b" / "c", "no such file or folder"),
+    ]:
         with pytest.raises(InputError, match=pattern) as info:
             load_trained(source)
         assert len(str(info.value).splitlines()) == 1

@@ -83,8 +83,11 @@ def test_prepare_batch_arrays_and_scored_pixels():
         prepare_batch(np.zeros((2, 2, 4, 5)), np.zeros((2, 4, 5)))  # only a channel of size one is dropped
 
 
-@pytest.mark.parametrize("make_meter", [lambda: SegmentationMeter(3), DepthMeter, NormalsMeter, SaliencyMeter,
-                                        lambda: EdgeMeter(2.0)], ids=["semseg", "depth", "normals", "sal", "edge"])
+@pytest.mark.parametrize(
+    "make_meter",
+    [lambda: SegmentationMeter(3), DepthMeter, NormalsMeter, SaliencyMeter, lambda: EdgeMeter(2.0)],
+    ids=["semseg", "depth", "normals", "sal", "edge"],
+)
 def test_every_meter_checks_shapes_and_drops_a_unit_channel(make_meter):
     meter = make_meter()
     rng = np.random.default_rng(1)

@@ -71,14 +71,16 @@ def test_top_k_routing_trains_only_selected_experts():
     assert torch.all(grad_norm[used] > 0) and torch.all(grad_norm[~used] == 0)
 
 
-
-@pytest.mark.parametrize("overrides", [
-    {},
-    {"model__experts": False},
-    {"model__priors": False, "model__scan__directions": 2},
-    {"model__x_experts": True, "model__scan__kind": "zorder"},
-    {"model__decoder": "shared"},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"model__experts": False},
+        {"model__priors": False, "model__scan__directions": 2},
+        {"model__x_experts": True, "model__scan__kind": "zorder"},
+        {"model__decoder": "shared"},
+    ],
+)
 def test_fused_execution_equals_the_released_formulation(overrides):
     """Same function: outputs and gradients in float64 (train mode, noise off so both draw nothing)."""
     cfg = tiny_config(model__router_noise=False, **overrides)
@@ -155,12 +157,15 @@ def test_delta_init_survives_model_construction():
     assert torch.all(stage.D == 1)
 
 
-@pytest.mark.parametrize("overrides", [
-    {"model__decoder": "shared"},
-    {"model__scan__kind": "raster", "model__scan__directions": 1},
-    {"model__scan__kind": "snake"},
-    {"data__tasks": ["depth"]},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"model__decoder": "shared"},
+        {"model__scan__kind": "raster", "model__scan__directions": 1},
+        {"model__scan__kind": "snake"},
+        {"data__tasks": ["depth"]},
+    ],
+)
 def test_ablation_switches_train(overrides):
     model = pamm.build_model(tiny_config(**overrides)).train()
     out, routing = model(torch.randn(2, 3, 64, 96), return_routing=True)
@@ -172,8 +177,13 @@ def test_pascal_tasks_and_heads():
     model = pamm.build_model(tiny_config("pascal-vitl")).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 64))
-    assert {t: v.shape[1] for t, v in out.items()} == {"semseg": 21, "human_parts": 7, "sal": 2, "normals": 3,
-                                                      "edge": 1}
+    assert {t: v.shape[1] for t, v in out.items()} == {
+        "semseg": 21,
+        "human_parts": 7,
+        "sal": 2,
+        "normals": 3,
+        "edge": 1,
+    }
 
 
 def test_model_follows_the_input_device():
@@ -194,8 +204,11 @@ def test_hierarchical_backbones_are_resampled_to_one_grid(name, taps):
 
 
 def test_swin_backbone_runs():
-    cfg = tiny_config(model__backbone__name="swin_tiny_patch4_window7_224", model__backbone__taps=[0, 1, 2, 3],
-                      data__train_size=[224, 224])
+    cfg = tiny_config(
+        model__backbone__name="swin_tiny_patch4_window7_224",
+        model__backbone__taps=[0, 1, 2, 3],
+        data__train_size=[224, 224],
+    )
     model = pamm.build_model(cfg).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 224, 224))
@@ -304,8 +317,10 @@ def test_runtime_settings_change_the_execution_not_the_function():
     x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     results = []
-    for runtime in (RuntimeConfig(), RuntimeConfig(scan_backend="reference", activation_checkpointing=["backbone",
-                                                                                                       "stages"])):
+    for runtime in (
+        RuntimeConfig(),
+        RuntimeConfig(scan_backend="reference", activation_checkpointing=["backbone", "stages"]),
+    ):
         model.set_runtime(runtime)
         model.load_state_dict(state)
         model.zero_grad()
@@ -337,10 +352,16 @@ def test_stage_checkpointing_recomputes_in_backward(monkeypatch, places, runs):
     assert len(calls) == runs  # with checkpointing the stage runs again during backward
 
 
-@pytest.mark.parametrize("runtime,match", [
-    (RuntimeConfig(scan_backend="cuda"), r"config key 'runtime.scan_backend': must be one of \['auto'"),
-    (RuntimeConfig(activation_checkpointing=["heads"]), r"'runtime.activation_checkpointing': unknown place 'heads'"),
-])
+@pytest.mark.parametrize(
+    "runtime,match",
+    [
+        (RuntimeConfig(scan_backend="cuda"), r"config key 'runtime.scan_backend': must be one of \['auto'"),
+        (
+            RuntimeConfig(activation_checkpointing=["heads"]),
+            r"'runtime.activation_checkpointing': unknown place 'heads'",
+        ),
+    ],
+)
 def test_bad_runtime_settings_are_refused_and_change_nothing(runtime, match):
     model = pamm.build_model(tiny_config())
     with pytest.raises(ConfigError, match=match):
@@ -350,15 +371,22 @@ def test_bad_runtime_settings_are_refused_and_change_nothing(runtime, match):
 
 def _previous_trainer_rule(model) -> set[str]:
     """The names the trainer exempted from weight decay before the model declared them (commit 0481667)."""
-    return {n for n, _ in model.named_parameters() if n.rsplit(".", 1)[-1] in {"A_log", "D", "dt_bias"}
-            or ".prior." in n}
+    return {
+        n for n, _ in model.named_parameters() if n.rsplit(".", 1)[-1] in {"A_log", "D", "dt_bias"} or ".prior." in n
+    }
 
 
-@pytest.mark.parametrize("preset,overrides", [
-    ("nyud-vitl", {}), ("pascal-vitl", {}), ("nyud-vitl", {"model__priors": False, "model__x_experts": True}),
-    ("nyud-vitl", {"model__experts": False}), ("nyud-vitl", {"model__decoder": "shared"}),
-    ("nyud-vitl", {"model__backbone__name": "efficientnet_lite0", "model__backbone__taps": [1, 2, 3, 4]}),
-])
+@pytest.mark.parametrize(
+    "preset,overrides",
+    [
+        ("nyud-vitl", {}),
+        ("pascal-vitl", {}),
+        ("nyud-vitl", {"model__priors": False, "model__x_experts": True}),
+        ("nyud-vitl", {"model__experts": False}),
+        ("nyud-vitl", {"model__decoder": "shared"}),
+        ("nyud-vitl", {"model__backbone__name": "efficientnet_lite0", "model__backbone__taps": [1, 2, 3, 4]}),
+    ],
+)
 def test_no_weight_decay_gives_the_trainers_previous_groups(preset, overrides):
     from pamm.engine.trainer import weight_decay_groups
 
@@ -396,7 +424,7 @@ def _old_format_checkpoint(name: str, path: Path) -> dict[str, torch.Tensor]:
             continue
         key, shape, dtype = line.split("\t")
         shape = [int(v) for v in re.findall(r"\d+", shape)]
-        tensors[key] = (torch.randint(0, 9, shape) if dtype == "int64" else torch.rand(shape) + 0.5)
+        tensors[key] = torch.randint(0, 9, shape) if dtype == "int64" else torch.rand(shape) + 0.5
     save_weights(path, tensors, pamm.load_config("nyud-vitl"), {"step": 7})  # the digest covers tensors only
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
@@ -427,8 +455,9 @@ def test_checkpoints_of_older_versions_load(tmp_path, name, decoder):
 def test_old_config_dicts_migrate_to_the_runtime_section():
     old = yaml.safe_load((OLD_FORMAT / "tiny-nyud.yaml").read_text())
     cfg = pamm.config.config_from_dict(old)
-    assert cfg.runtime == RuntimeConfig(scan_backend="chunked", activation_checkpointing=["backbone", "stages"],
-                                        channels_last=False)
+    assert cfg.runtime == RuntimeConfig(
+        scan_backend="chunked", activation_checkpointing=["backbone", "stages"], channels_last=False
+    )
     assert "backend" in old["model"]["scan"] and "fused" in old["model"]  # the input is not modified
     model = pamm.build_model(cfg, load_backbone_weights=False)
     assert model.runtime == cfg.runtime and model.stages[0].scan_backend == "chunked"

@@ -68,8 +68,9 @@ def test_image_kinds_are_read_as_rgb(tmp_path):
     assert np.array_equal(read_rgb_image(_save(Image.fromarray(rgb), tmp_path / "rgb.png")), rgb)
     assert np.array_equal(read_rgb_image(_save(Image.fromarray(gray), tmp_path / "l.png")), np.dstack([gray] * 3))
     palette_image = Image.fromarray(rgb).quantize(16)
-    assert np.array_equal(read_rgb_image(_save(palette_image, tmp_path / "p.png")),
-                          np.asarray(palette_image.convert("RGB")))
+    assert np.array_equal(
+        read_rgb_image(_save(palette_image, tmp_path / "p.png")), np.asarray(palette_image.convert("RGB"))
+    )
     sixteen = np.arange(20 * 30, dtype=np.uint16).reshape(20, 30) * 100
     out = read_rgb_image(_save(Image.fromarray(sixteen), tmp_path / "i16.png"))
     assert out.dtype == np.uint8 and out.shape == (20, 30, 3)
@@ -120,9 +121,13 @@ def test_unreadable_files_raise_one_error_naming_them_once(tmp_path):
     Image.fromarray(_photo(64, 64)).save(buffer, format="PNG")
     (tmp_path / "truncated.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     (tmp_path / "folder.png").mkdir()
-    for name, message in [("empty.png", "empty"), ("notes.jpg", "not a readable image"),
-                          ("truncated.png", "truncated"), ("missing.png", "missing file"),
-                          ("folder.png", "is a folder, not a file")]:
+    for name, message in [
+        ("empty.png", "empty"),
+        ("notes.jpg", "not a readable image"),
+        ("truncated.png", "truncated"),
+        ("missing.png", "missing file"),
+        ("folder.png", "is a folder, not a file"),
+    ]:
         with pytest.raises(ImageReadError, match=message) as err:
             read_rgb_image(tmp_path / name)
         assert str(err.value).count(name) == 1 and err.value.path.endswith(name)
@@ -184,8 +189,7 @@ def test_the_models_metadata_gives_the_evaluation_transform():
     transform = meta.transforms()
     assert isinstance(transform, EvalTransform)
     assert transform.size == tuple(cfg.data.test_size) and transform.multiple == cfg.model.backbone.patch_size
-    sample = {"image": torch.rand(3, 50, 70) * 255, "depth": torch.rand(1, 50, 70),
-              "meta": {"valid": (0, 0, 50, 70)}}
+    sample = {"image": torch.rand(3, 50, 70) * 255, "depth": torch.rand(1, 50, 70), "meta": {"valid": (0, 0, 50, 70)}}
     reference = build_transforms(False, tuple(cfg.data.test_size), cfg.model.backbone.patch_size)(dict(sample), None)
     out = transform(dict(sample))
     assert out["image"].shape == (3, 96, 128) and out["meta"]["valid"] == (23, 29, 50, 70)
@@ -193,8 +197,17 @@ def test_the_models_metadata_gives_the_evaluation_transform():
         assert torch.equal(out[key], reference[key])
 
 
-@pytest.mark.parametrize("size, expected", [((288, 384), (96, 128)), ((384, 288), (128, 96)), ((96, 128), (96, 128)),
-                                            ((10, 10), (111, 111)), ((3000, 4000), (96, 128)), ((1, 500), (5, 2479))])
+@pytest.mark.parametrize(
+    "size, expected",
+    [
+        ((288, 384), (96, 128)),
+        ((384, 288), (128, 96)),
+        ((96, 128), (96, 128)),
+        ((10, 10), (111, 111)),
+        ((3000, 4000), (96, 128)),
+        ((1, 500), (5, 2479)),
+    ],
+)
 def test_the_resolution_rule_matches_the_test_area_and_keeps_the_aspect(size, expected):
     transform = EvalTransform((96, 128), multiple=8)
     assert transform.inference_size(*size) == expected
@@ -250,8 +263,14 @@ class PointwiseStub(torch.nn.Module):
 
 
 def _stub(train_size=(32, 48), test_size=(32, 48)):
-    meta = ModelMeta(dataset="nyud", tasks=NYUD.tasks, num_outputs=dict(NYUD.num_outputs), train_size=train_size,
-                     stride=16, test_size=test_size)
+    meta = ModelMeta(
+        dataset="nyud",
+        tasks=NYUD.tasks,
+        num_outputs=dict(NYUD.num_outputs),
+        train_size=train_size,
+        stride=16,
+        test_size=test_size,
+    )
     return PointwiseStub(meta.num_outputs), meta
 
 
@@ -265,8 +284,7 @@ def test_whole_mode_is_one_pass_at_the_model_scale_and_outputs_come_back_at_the_
     with torch.no_grad():
         raw = stub(sample["image"][None])
     for task in NYUD.tasks:
-        expected = postprocess(task, F.interpolate(raw[task], size=(96, 144), mode="bilinear",
-                                                   align_corners=False))[0]
+        expected = postprocess(task, F.interpolate(raw[task], size=(96, 144), mode="bilinear", align_corners=False))[0]
         assert result[task].shape[-2:] == (96, 144)
         if task == "semseg":
             assert torch.equal(result[task].long(), expected)
@@ -276,8 +294,10 @@ def test_whole_mode_is_one_pass_at_the_model_scale_and_outputs_come_back_at_the_
 
 def test_results_do_not_depend_on_batching_or_on_the_other_images():
     stub, meta = _stub()
-    images = [torch.from_numpy(_photo(*size, seed=i)).permute(2, 0, 1)
-              for i, size in enumerate([(32, 48), (50, 70), (64, 96), (40, 30), (5, 7)])]
+    images = [
+        torch.from_numpy(_photo(*size, seed=i)).permute(2, 0, 1)
+        for i, size in enumerate([(32, 48), (50, 70), (64, 96), (40, 30), (5, 7)])
+    ]
     alone = [Predictor(stub, meta, batch_size=1).predict([image])[0] for image in images]
     stub.sizes.clear()
     together = Predictor(stub, meta, batch_size=8).predict(images)
@@ -337,8 +357,12 @@ def test_slide_mode_equals_whole_mode_for_a_pointwise_model(size):
 
 def test_predictor_options_are_checked():
     stub, meta = _stub()
-    for options, message in [({"mode": "tiles"}, "mode"), ({"scale": 0}, "scale"), ({"overlap": 1.5}, "overlap"),
-                             ({"batch_size": 0}, "batch_size")]:
+    for options, message in [
+        ({"mode": "tiles"}, "mode"),
+        ({"scale": 0}, "scale"),
+        ({"overlap": 1.5}, "overlap"),
+        ({"batch_size": 0}, "batch_size"),
+    ]:
         with pytest.raises(ValueError, match=message):
             Predictor(stub, meta, **options)
     with pytest.raises(ValueError, match=r"this model predicts \['semseg', 'depth', 'normals', 'edge'\]"):
@@ -382,9 +406,11 @@ def test_load_takes_every_model_source(tiny_checkpoint, tmp_path):
     assert np.array_equal(from_folder(image)["depth"], reference)
     (tmp_path / "empty").mkdir()
     (tmp_path / "run2" / "checkpoints").mkdir(parents=True)
-    for source, message in [(tmp_path / "nothing", "no such file or folder"),
-                            (tmp_path / "empty", "neither a run folder"),
-                            (tmp_path / "run2", "no valid checkpoint")]:
+    for source, message in [
+        (tmp_path / "nothing", "no such file or folder"),
+        (tmp_path / "empty", "neither a run folder"),
+        (tmp_path / "run2", "no valid checkpoint"),
+    ]:
         with pytest.raises(InputError, match=message):
             pamm.load(source)
 
@@ -400,9 +426,15 @@ def test_every_input_kind_gives_maps_at_its_own_size(stub_predictor, tmp_path):
     path = _save(Image.fromarray(rgb), tmp_path / "x.png")
     chw = torch.from_numpy(rgb).permute(2, 0, 1)
     kinds = {
-        "path": path, "str": str(path), "PIL": Image.fromarray(rgb), "uint8 array": rgb,
-        "float array": rgb / 255.0, "float32 array": (rgb / 255.0).astype(np.float32), "uint8 CHW tensor": chw,
-        "float CHW tensor": chw.float() / 255, "non-contiguous array": np.asfortranarray(rgb),
+        "path": path,
+        "str": str(path),
+        "PIL": Image.fromarray(rgb),
+        "uint8 array": rgb,
+        "float array": rgb / 255.0,
+        "float32 array": (rgb / 255.0).astype(np.float32),
+        "uint8 CHW tensor": chw,
+        "float CHW tensor": chw.float() / 255,
+        "non-contiguous array": np.asfortranarray(rgb),
     }
     reference = stub_predictor(rgb)
     assert isinstance(reference, Prediction) and np.array_equal(reference.image, rgb) and reference.colors == {}
@@ -411,8 +443,9 @@ def test_every_input_kind_gives_maps_at_its_own_size(stub_predictor, tmp_path):
         assert set(result) == set(NYUD.tasks), name
         for task in NYUD.tasks:
             assert result[task].shape[:2] == (30, 40), name
-            np.testing.assert_allclose(result[task].astype(np.float64), reference[task].astype(np.float64),
-                                       atol=1e-4, err_msg=name)
+            np.testing.assert_allclose(
+                result[task].astype(np.float64), reference[task].astype(np.float64), atol=1e-4, err_msg=name
+            )
     assert np.shares_memory(reference.image, rgb)  # a uint8 array is not copied
     assert reference["semseg"].dtype == np.uint8 and reference["normals"].shape == (30, 40, 3)
     assert all(value.flags.c_contiguous for value in reference.values())
@@ -445,21 +478,24 @@ def test_colour_maps_on_request_and_a_subset_of_tasks(stub_predictor):
         stub_predictor(_photo(4, 4), tasks=["human_parts"])
 
 
-@pytest.mark.parametrize("item, error, message", [
-    (42, TypeError, r"input: got int; expected a path, a PIL image, a NumPy array \(H, W, 3\)"),
-    ({"image": 1}, TypeError, "got dict"),
-    (np.zeros((4, 5)), ValueError, r"NumPy array of shape \(4, 5\); expected an RGB image \(H, W, 3\)"),
-    (np.zeros((3, 4, 5)), ValueError, r"shape \(3, 4, 5\); expected an RGB image \(H, W, 3\)"),
-    (np.zeros((4, 5, 4), np.uint8), ValueError, r"shape \(4, 5, 4\)"),
-    (np.zeros((0, 5, 3), np.uint8), ValueError, "an empty image"),
-    (np.full((4, 5, 3), 200.0), ValueError, r"values must be finite and in \[0, 1\], got 200..200"),
-    (np.full((4, 5, 3), np.nan), ValueError, r"finite and in \[0, 1\]"),
-    (np.zeros((4, 5, 3), np.int32), ValueError, r"input: dtype int32; expected uint8 \(0..255\) or floating point"),
-    (torch.zeros(4, 5, 3), ValueError, r"tensor of shape \(4, 5, 3\); expected an RGB image \(3, H, W\)"),
-    (torch.zeros(2, 1, 4, 5), ValueError, r"expected a batch \(N, 3, H, W\)"),
-    ([np.zeros((4, 5, 3), np.uint8), "x.png", torch.zeros(1, 3, 4, 4)], ValueError, "input 2: a batch tensor"),
-    ([np.zeros((4, 5, 3), np.uint8), 3.5], TypeError, "input 1: got float"),
-])
+@pytest.mark.parametrize(
+    "item, error, message",
+    [
+        (42, TypeError, r"input: got int; expected a path, a PIL image, a NumPy array \(H, W, 3\)"),
+        ({"image": 1}, TypeError, "got dict"),
+        (np.zeros((4, 5)), ValueError, r"NumPy array of shape \(4, 5\); expected an RGB image \(H, W, 3\)"),
+        (np.zeros((3, 4, 5)), ValueError, r"shape \(3, 4, 5\); expected an RGB image \(H, W, 3\)"),
+        (np.zeros((4, 5, 4), np.uint8), ValueError, r"shape \(4, 5, 4\)"),
+        (np.zeros((0, 5, 3), np.uint8), ValueError, "an empty image"),
+        (np.full((4, 5, 3), 200.0), ValueError, r"values must be finite and in \[0, 1\], got 200..200"),
+        (np.full((4, 5, 3), np.nan), ValueError, r"finite and in \[0, 1\]"),
+        (np.zeros((4, 5, 3), np.int32), ValueError, r"input: dtype int32; expected uint8 \(0..255\) or floating point"),
+        (torch.zeros(4, 5, 3), ValueError, r"tensor of shape \(4, 5, 3\); expected an RGB image \(3, H, W\)"),
+        (torch.zeros(2, 1, 4, 5), ValueError, r"expected a batch \(N, 3, H, W\)"),
+        ([np.zeros((4, 5, 3), np.uint8), "x.png", torch.zeros(1, 3, 4, 4)], ValueError, "input 2: a batch tensor"),
+        ([np.zeros((4, 5, 3), np.uint8), 3.5], TypeError, "input 1: got float"),
+    ],
+)
 def test_wrong_inputs_raise_errors_naming_what_was_expected(stub_predictor, item, error, message):
     with pytest.raises(error, match=message):
         stub_predictor(item)
@@ -489,9 +525,20 @@ def trained_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("trained")
     synthesize(base / "data", layout="nyud", n_train=32, n_val=2, size=(48, 64), seed=0, progress=False)
     root = base / "data" / "NYUDv2"
-    cfg = pamm.load_config("demo", {"data.root": str(root), "data.train_size": [48, 64], "data.test_size": [48, 64],
-                                    "data.tasks": ["semseg"], "data.workers": 0, "train.iterations": 40,
-                                    "train.warmup_iters": 5, "train.eval_every": 0, "train.checkpoint_every": 0})
+    cfg = pamm.load_config(
+        "demo",
+        {
+            "data.root": str(root),
+            "data.train_size": [48, 64],
+            "data.test_size": [48, 64],
+            "data.tasks": ["semseg"],
+            "data.workers": 0,
+            "train.iterations": 40,
+            "train.warmup_iters": 5,
+            "train.eval_every": 0,
+            "train.checkpoint_every": 0,
+        },
+    )
     Trainer(cfg, base / "run", device="cpu", progress=False, log=lambda message: None).fit()
     return base / "run", root
 
@@ -527,11 +574,17 @@ def test_find_inputs_expands_folders_and_patterns(tmp_path):
     assert find_inputs([photos]) == [photos / "a.PNG", photos / "b.jpg", photos / "clip.mp4"]
     assert find_inputs([str(photos / "**" / "*.webp")]) == [photos / "sub" / "c.webp"]
     assert find_inputs([photos / "b.jpg", photos, photos / "README.txt"]) == [
-        photos / "b.jpg", photos / "a.PNG", photos / "clip.mp4", photos / "README.txt"]  # each once; files as given
+        photos / "b.jpg",
+        photos / "a.PNG",
+        photos / "clip.mp4",
+        photos / "README.txt",
+    ]  # each once; files as given
     (tmp_path / "empty").mkdir()
-    for argument, message in [(tmp_path / "nothing.jpg", "nothing.jpg: no such file or folder"),
-                              (tmp_path / "empty", "a folder without images or videos"),
-                              (str(tmp_path / "*.gif"), r"\*.gif: no file matches this pattern")]:
+    for argument, message in [
+        (tmp_path / "nothing.jpg", "nothing.jpg: no such file or folder"),
+        (tmp_path / "empty", "a folder without images or videos"),
+        (str(tmp_path / "*.gif"), r"\*.gif: no file matches this pattern"),
+    ]:
         with pytest.raises(InputError, match=message):
             find_inputs([argument])
 
@@ -540,9 +593,11 @@ def test_each_image_gets_its_maps_pictures_and_panel(stub_predictor, tmp_path):
     rgb = _photo(30, 40)
     exif = Image.Exif()
     exif[0x0112] = 8  # rotate 90° counter-clockwise to display
-    inputs = [_save(Image.fromarray(rgb), tmp_path / "photo.jpg"),
-              _save(Image.fromarray(rgb[..., 0]), tmp_path / "gray.png"),
-              _save(Image.fromarray(rgb), tmp_path / "rotated.jpg", exif=exif)]
+    inputs = [
+        _save(Image.fromarray(rgb), tmp_path / "photo.jpg"),
+        _save(Image.fromarray(rgb[..., 0]), tmp_path / "gray.png"),
+        _save(Image.fromarray(rgb), tmp_path / "rotated.jpg", exif=exif),
+    ]
     out = tmp_path / "out"
     report = predict_files(stub_predictor, inputs, out)
     assert report.images == 3 and len(report.written) == 3 * (2 * 4 + 1) and not report.failures
@@ -682,12 +737,16 @@ def test_a_video_gives_a_video_of_panels(stub_predictor, tmp_path):
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
     out = tmp_path / "out"
     with pytest.raises(PredictionFailed) as err:
-        predict_files(ImagePredictor(Predictor(stub_predictor.predictor.model, stub_predictor.meta, batch_size=2)),
-                      [clip, broken], out)
+        predict_files(
+            ImagePredictor(Predictor(stub_predictor.predictor.model, stub_predictor.meta, batch_size=2)),
+            [clip, broken],
+            out,
+        )
     report = err.value.report
     assert report.videos == 1 and report.frames == 5 and report.written == [out / "clip_panel.mp4"]
     assert [path for path, _ in report.failures] == [str(broken)] and "broken.mp4: not a readable video" in str(
-        err.value)
+        err.value
+    )
     with VideoReader(out / "clip_panel.mp4") as video:
         frames = list(video)
         assert video.fps == 10
@@ -732,8 +791,9 @@ def test_writing_a_video_is_all_or_nothing(tmp_path):
 
 def _pamm(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "pamm", "predict", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pamm", "predict", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_cli_predicts_folders_with_options_and_reports_failures_once(tiny_checkpoint, tmp_path, capsys):
@@ -745,35 +805,61 @@ def test_cli_predicts_folders_with_options_and_reports_failures_once(tiny_checkp
     bad = photos / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     out = tmp_path / "out"
-    result = _pamm("--checkpoint", str(tiny_checkpoint), str(photos), "--out", str(out), "--tasks", "semseg,depth",
-                   "--no-panel", "--batch-size", "2", "--quiet")
+    result = _pamm(
+        "--checkpoint",
+        str(tiny_checkpoint),
+        str(photos),
+        "--out",
+        str(out),
+        "--tasks",
+        "semseg,depth",
+        "--no-panel",
+        "--batch-size",
+        "2",
+        "--quiet",
+    )
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("pamm predict: error:")]
     assert len(errors) == 1 and errors[0].count("bad.png") == 1 and "cannot open the image" in errors[0]
     assert "2 of 3 input(s)" not in result.stderr and "1 of 3 input(s) failed" in result.stderr
     assert "predict:" not in result.stderr.replace("pamm predict:", "")  # --quiet: no progress bar
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"p{i}_{t}.{k}" for i in range(2)
-                                                          for t in ("semseg", "depth") for k in ("npy", "png"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"p{i}_{t}.{k}" for i in range(2) for t in ("semseg", "depth") for k in ("npy", "png")
+    )
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    again = main(["predict", "--checkpoint", str(tiny_checkpoint), str(photos / "p0.jpg"), "--out", str(out),
-                  "--tasks", "depth", "--no-panel"])
+    again = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            str(photos / "p0.jpg"),
+            "--out",
+            str(out),
+            "--tasks",
+            "depth",
+            "--no-panel",
+        ]
+    )
     stderr = capsys.readouterr().err
     assert again == 2 and "exist already; pass --overwrite" in stderr and len(stderr.strip().splitlines()) == 1
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_cli_refuses_bad_arguments_before_loading_anything(tmp_path, capsys):
-    for args, message in [(["--max-pixels", "0"], "--max-pixels: expected a positive integer (1 or more), got 0"),
-                          (["--resize", "-3"], "--resize: expected a positive integer"),
-                          (["--batch-size", "x"], "--batch-size: expected a positive integer, got 'x'"),
-                          (["--scale", "0"], "--scale: expected 'auto' or a positive factor"),
-                          (["--overlap", "1"], "--overlap: expected a fraction in [0, 1)")]:
+    for args, message in [
+        (["--max-pixels", "0"], "--max-pixels: expected a positive integer (1 or more), got 0"),
+        (["--resize", "-3"], "--resize: expected a positive integer"),
+        (["--batch-size", "x"], "--batch-size: expected a positive integer, got 'x'"),
+        (["--scale", "0"], "--scale: expected 'auto' or a positive factor"),
+        (["--overlap", "1"], "--overlap: expected a fraction in [0, 1)"),
+    ]:
         with pytest.raises(SystemExit) as exited:
             main(["predict", "--checkpoint", "nowhere", "photo.jpg", "--out", str(tmp_path / "out"), *args])
         stderr = capsys.readouterr().err
         assert exited.value.code == 2 and message in stderr, stderr
         assert "e.g. 0" not in stderr
-    assert main(["predict", "--checkpoint", "nowhere", str(tmp_path / "missing.jpg"), "--out",
-                 str(tmp_path / "out")]) == 2
+    assert (
+        main(["predict", "--checkpoint", "nowhere", str(tmp_path / "missing.jpg"), "--out", str(tmp_path / "out")]) == 2
+    )
     assert "missing.jpg: no such file or folder" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

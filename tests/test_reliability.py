@@ -81,7 +81,7 @@ def test_training_state_round_trip_and_pickled_code_is_refused(tmp_path):
     import hashlib
     import json
 
-    header = json.loads(raw[4: 4 + n])
+    header = json.loads(raw[4 : 4 + n])
     body = payload.getvalue()
     header.update(size=len(body), sha256=hashlib.sha256(body).hexdigest())
     hb = json.dumps(header).encode()
@@ -102,8 +102,9 @@ def test_checkpoint_of_another_model_names_the_difference_and_counts_the_mismatc
         load_model(path, cfg=other)
     msg = str(err.value)
     assert "\n" not in msg
-    assert msg.startswith(f"checkpoint {path} does not fit the model of config nyud-vitl (checkpoint vs config: "
-                          f"model.d_state 8 vs 4); ")
+    assert msg.startswith(
+        f"checkpoint {path} does not fit the model of config nyud-vitl (checkpoint vs config: model.d_state 8 vs 4); "
+    )
     assert "stages.0.A_log: checkpoint (4, 128, 8) vs model (4, 128, 4)" in msg
     shapes = int(msg.split("; ")[1].split(" tensor(s) of another shape")[0])
     assert shapes >= 4 * 3  # A_log, priors and B/C projections of every stage
@@ -168,9 +169,18 @@ def test_non_finite_steps_are_skipped_then_training_stops(tmp_path, monkeypatch)
     from pamm.data.synth import synthesize
 
     synthesize(tmp_path / "data", layout="nyud", n_train=4, n_val=1, size=(64, 96), seed=0, progress=False)
-    cfg = tiny_config(data__root=str(tmp_path / "data" / "NYUDv2"), data__workers=0, train__batch_size=2,
-                      train__iterations=10, train__warmup_iters=0, train__max_nonfinite_steps=2,
-                      train__checkpoint_every=0, train__eval_every=0, train__lr=1e-3, model__dim=32)
+    cfg = tiny_config(
+        data__root=str(tmp_path / "data" / "NYUDv2"),
+        data__workers=0,
+        train__batch_size=2,
+        train__iterations=10,
+        train__warmup_iters=0,
+        train__max_nonfinite_steps=2,
+        train__checkpoint_every=0,
+        train__eval_every=0,
+        train__lr=1e-3,
+        model__dim=32,
+    )
     logs = []
     trainer = Trainer(cfg, tmp_path / "run", device="cpu", progress=False, log=logs.append)
     batches = trainer.batches()
@@ -184,8 +194,11 @@ def test_non_finite_steps_are_skipped_then_training_stops(tmp_path, monkeypatch)
     monkeypatch.setattr(trainer.loss_fn, "forward", poisoned)
     assert trainer.train_step(next(batches)) is None
     after = trainer.model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before if not k.endswith(("running_mean", "running_var",
-                                                                                  "num_batches_tracked")))
+    assert all(
+        torch.equal(before[k], after[k])
+        for k in before
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    )
     assert trainer.nonfinite == 1 and "non-finite loss or gradient, update skipped (1/2)" in logs[-1]
     monkeypatch.setattr(trainer.loss_fn, "forward", real_loss)
     assert trainer.train_step(next(batches)) is not None  # healthy steps go on
@@ -208,10 +221,22 @@ def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_pa
     from pamm.data.synth import synthesize
 
     synthesize(tmp_path / "data", layout="nyud", n_train=8, n_val=1, size=(64, 96), seed=5, progress=False)
-    sets = [f"data.root={tmp_path / 'data' / 'NYUDv2'}", "data.train_size=[64,96]", "data.test_size=[64,96]",
-            "data.workers=2", "model.dim=32", "model.backbone.drop_path=0.1", "model.router_noise=true",
-            "train.deterministic=true", "train.iterations=12", "train.batch_size=2", "train.warmup_iters=2",
-            "train.checkpoint_every=2", "train.eval_every=0", "eval.edge=false"]
+    sets = [
+        f"data.root={tmp_path / 'data' / 'NYUDv2'}",
+        "data.train_size=[64,96]",
+        "data.test_size=[64,96]",
+        "data.workers=2",
+        "model.dim=32",
+        "model.backbone.drop_path=0.1",
+        "model.router_noise=true",
+        "train.deterministic=true",
+        "train.iterations=12",
+        "train.batch_size=2",
+        "train.warmup_iters=2",
+        "train.checkpoint_every=2",
+        "train.eval_every=0",
+        "eval.edge=false",
+    ]
     args = [x for s in sets for x in ("--set", s)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
@@ -250,8 +275,9 @@ def test_cpu_training_flushes_denormals_when_configured(tmp_path, flush):
     from pamm.data.synth import synthesize
 
     synthesize(tmp_path / "data", layout="nyud", n_train=2, n_val=1, size=(64, 96), seed=0, progress=False)
-    cfg = tiny_config(train__flush_denormal=flush, data__root=str(tmp_path / "data" / "NYUDv2"),
-                      train__batch_size=2, model__dim=32)
+    cfg = tiny_config(
+        train__flush_denormal=flush, data__root=str(tmp_path / "data" / "NYUDv2"), train__batch_size=2, model__dim=32
+    )
     torch.set_flush_denormal(not flush)
     try:
         with Trainer(cfg, tmp_path / "run", device="cpu", progress=False, log=lambda msg: None):

@@ -120,8 +120,10 @@ def test_reference_keeps_no_full_state_tensor_for_backward(monkeypatch):
 
 def _exported_graph(L, orders):
     """torch.export of the reference at length L (the model's call: grouped B, C, D, bias, softplus, orders)."""
-    inputs = {k: (v.detach() if v is not None else None) for k, v in make_inputs(b=1, d=8, N=4, L=L, groups=2,
-                                                                                dtype=torch.float32).items()}
+    inputs = {
+        k: (v.detach() if v is not None else None)
+        for k, v in make_inputs(b=1, d=8, N=4, L=L, groups=2, dtype=torch.float32).items()
+    }
 
     class Scan(torch.nn.Module):
         def forward(self, u, delta, A, B, C, D, delta_bias):
@@ -147,6 +149,7 @@ def test_reference_exports_to_a_small_graph():
 
 
 # ---- dispatcher ------------------------------------------------------------------------------------------------
+
 
 def test_backends_agree_through_the_dispatcher():
     from pamm.ops.selective_scan_cpu import selective_scan_cpu
@@ -175,15 +178,18 @@ def test_unknown_backend_rejected_in_one_line():
         assert [resolve_scan_backend(n) for n in SCAN_BACKENDS] == list(SCAN_BACKENDS)
 
 
-@pytest.mark.parametrize("change,match", [
-    (dict(u=torch.zeros(2, 8)), "u must be"),
-    (dict(delta=torch.zeros(2, 8, 12)), "delta must have"),
-    (dict(A=torch.zeros(7, 4)), "A must be"),
-    (dict(B=torch.zeros(2, 3, 4, 13)), "B must be"),
-    (dict(B=torch.zeros(2, 2, 4, 13), C=torch.zeros(2, 4, 4, 13)), "group counts"),
-    (dict(D=torch.zeros(9)), "D must be"),
-    (dict(orders=torch.zeros(2, 12, dtype=torch.long)), "orders must be"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (dict(u=torch.zeros(2, 8)), "u must be"),
+        (dict(delta=torch.zeros(2, 8, 12)), "delta must have"),
+        (dict(A=torch.zeros(7, 4)), "A must be"),
+        (dict(B=torch.zeros(2, 3, 4, 13)), "B must be"),
+        (dict(B=torch.zeros(2, 2, 4, 13), C=torch.zeros(2, 4, 4, 13)), "group counts"),
+        (dict(D=torch.zeros(9)), "D must be"),
+        (dict(orders=torch.zeros(2, 12, dtype=torch.long)), "orders must be"),
+    ],
+)
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_bad_shapes_rejected(change, match, backend):
     inputs = {k: (v.detach() if v is not None else None) for k, v in make_inputs(L=13).items()}

@@ -183,16 +183,36 @@ def test_rejects_bad_orders_and_devices():
 
 def test_vectorised_math_against_torch():
     """The kernels' exp, log1p, softplus and its derivative: within a few ulp of torch's, special values too."""
-    specials = [0.0, -0.0, 1e-30, -1e-30, 19.999, 20.0, 20.001, -87.5, -103.0, -745.0, 88.5, 709.0, np.inf, -np.inf,
-                np.nan]
+    specials = [
+        0.0,
+        -0.0,
+        1e-30,
+        -1e-30,
+        19.999,
+        20.0,
+        20.001,
+        -87.5,
+        -103.0,
+        -745.0,
+        88.5,
+        709.0,
+        np.inf,
+        -np.inf,
+        np.nan,
+    ]
     for dtype, eps in ((torch.float32, 2.0**-23), (torch.float64, 2.0**-52)):
-        x = torch.cat([torch.linspace(-120.0, 100.0, 20001, dtype=torch.float64),
-                       torch.tensor(specials, dtype=torch.float64)]).to(dtype)
+        x = torch.cat(
+            [torch.linspace(-120.0, 100.0, 20001, dtype=torch.float64), torch.tensor(specials, dtype=torch.float64)]
+        ).to(dtype)
         w = torch.cat([x.abs()[torch.isfinite(x)], torch.logspace(-40, 8, 2001, dtype=torch.float64).to(dtype)])
         z = x.double().clone().requires_grad_()
         torch.nn.functional.softplus(z).sum().backward()
-        checks = {0: (x, torch.exp(x.double())), 1: (w, torch.log1p(w.double())),
-                  2: (x, torch.nn.functional.softplus(x.double())), 3: (x, z.grad)}
+        checks = {
+            0: (x, torch.exp(x.double())),
+            1: (w, torch.log1p(w.double())),
+            2: (x, torch.nn.functional.softplus(x.double())),
+            3: (x, z.grad),
+        }
         for kind, (arg, exact) in checks.items():
             got = torch.from_numpy(cpu_module._math_check(arg.numpy(), kind)).double()
             want = exact.to(dtype).double()  # what the format can hold: inf, subnormal, 0 where exact is beyond

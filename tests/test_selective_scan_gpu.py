@@ -18,8 +18,7 @@ import torch
 from pamm.ops import scan_orders, selective_scan, selective_scan_reference
 from scan_oracle import NAMES, errors_against_oracle, rel_err
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 STAGES = {  # the paper's PAME stages: batch, channels per task (2d), tasks, state N, token grid
     "nyud": dict(batch=6, d_inner=1536, tasks=4, state=16, grid=(28, 36)),
@@ -41,10 +40,12 @@ def model_inputs(batch, d_inner, tasks, state, grid, dtype=torch.float32, seed=0
     delta = (randn(batch, L, ch) * 0.5).to("cuda", dtype).transpose(1, 2)
     B = randn(batch, L, tasks, state).to("cuda", dtype).permute(0, 2, 3, 1)
     C = randn(batch, L, tasks, state).to("cuda", dtype).permute(0, 2, 3, 1)
-    A = -torch.arange(1, state + 1, dtype=torch.float64).repeat(ch, 1) * (1 + 0.1 * torch.rand(ch, state,
-                                                                                                generator=gen))
-    dt = torch.exp(torch.rand(ch, generator=gen, dtype=torch.float64) * (math.log(0.1) - math.log(1e-3))
-                   + math.log(1e-3))
+    A = -torch.arange(1, state + 1, dtype=torch.float64).repeat(ch, 1) * (
+        1 + 0.1 * torch.rand(ch, state, generator=gen)
+    )
+    dt = torch.exp(
+        torch.rand(ch, generator=gen, dtype=torch.float64) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)
+    )
     bias = dt + torch.log(-torch.expm1(-dt))
     D = 1 + 0.1 * randn(ch)
     param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
@@ -53,19 +54,23 @@ def model_inputs(batch, d_inner, tasks, state, grid, dtype=torch.float32, seed=0
     return dict(zip(NAMES, leaves)), scan_orders(*grid, device="cuda")
 
 
-@pytest.mark.parametrize("dtype,tasks,state,grid,tol", [
-    (torch.float32, 4, 16, (10, 20), 1e-5),
-    (torch.float32, 2, 64, (9, 7), 1e-5),
-    (torch.float64, 2, 16, (5, 7), 1e-10),
-    (torch.bfloat16, 2, 16, (8, 8), 1e-2),
-])
+@pytest.mark.parametrize(
+    "dtype,tasks,state,grid,tol",
+    [
+        (torch.float32, 4, 16, (10, 20), 1e-5),
+        (torch.float32, 2, 64, (9, 7), 1e-5),
+        (torch.float64, 2, 16, (5, 7), 1e-10),
+        (torch.bfloat16, 2, 16, (8, 8), 1e-2),
+    ],
+)
 @pytest.mark.parametrize("backend", ["triton", "reference"])
 def test_compiled_backends_match_oracle(backend, dtype, tasks, state, grid, tol):
     """Values and all 7 gradients against the sequential float64 oracle (on upcast copies), model layout,
     4 Hilbert directions; bf16 against the oracle on the same bf16 values."""
     inputs, orders = model_inputs(2, 32, tasks, state, grid, dtype=dtype, seed=grid[0] * state)
-    errors = errors_against_oracle(selective_scan, inputs, knobs=dict(backend=backend), delta_softplus=True,
-                                   orders=orders)
+    errors = errors_against_oracle(
+        selective_scan, inputs, knobs=dict(backend=backend), delta_softplus=True, orders=orders
+    )
     bad = {k: f"{v:.2e}" for k, v in errors.items() if not v <= tol}
     assert not bad, f"{backend} {dtype}: above {tol:.0e}: {bad}"
 
@@ -89,11 +94,15 @@ def test_auto_runs_triton_on_cuda_and_the_reference_for_repeated_positions():
     inputs, orders = model_inputs(1, 16, 2, 16, (4, 6))
     kw = dict(delta_softplus=True)
     with torch.no_grad():
-        assert torch.equal(selective_scan(**inputs, **kw, orders=orders, backend="auto"),
-                           selective_scan(**inputs, **kw, orders=orders, backend="triton"))
+        assert torch.equal(
+            selective_scan(**inputs, **kw, orders=orders, backend="auto"),
+            selective_scan(**inputs, **kw, orders=orders, backend="triton"),
+        )
         repeated = orders.clone()
         repeated[0, 1] = repeated[0, 0]
         with pytest.raises(ValueError, match="permutation"):
             selective_scan(**inputs, **kw, orders=repeated, backend="triton")
-        assert torch.equal(selective_scan(**inputs, **kw, orders=repeated, backend="auto"),
-                           selective_scan_reference(**inputs, **kw, orders=repeated))
+        assert torch.equal(
+            selective_scan(**inputs, **kw, orders=repeated, backend="auto"),
+            selective_scan_reference(**inputs, **kw, orders=repeated),
+        )

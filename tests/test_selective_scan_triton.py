@@ -25,8 +25,13 @@ if not os.environ.get(CHILD):
     def test_triton_backend_under_interpreter():
         pytest.importorskip("triton", reason="triton is not installed: the triton backend cannot run here")
         env = {**os.environ, "TRITON_INTERPRET": "1", CHILD: "1"}
-        child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__], env=env,
-                               capture_output=True, text=True, timeout=600)
+        child = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert child.returncode == 0, child.stdout[-6000:] + child.stderr[-3000:]
         assert " passed" in child.stdout and " skipped" not in child.stdout, child.stdout[-2000:]
 
@@ -43,8 +48,17 @@ else:
     )
 
     def config(tile, block_d, ch_minor, bwd_tile, bwd_block_d, bwd_ch_minor, chunk):
-        return dict(tile=tile, block_d=block_d, ch_minor=ch_minor, bwd_tile=bwd_tile, bwd_block_d=bwd_block_d,
-                    bwd_ch_minor=bwd_ch_minor, chunk=chunk, num_warps=1, bwd_num_warps=1)
+        return dict(
+            tile=tile,
+            block_d=block_d,
+            ch_minor=ch_minor,
+            bwd_tile=bwd_tile,
+            bwd_block_d=bwd_block_d,
+            bwd_ch_minor=bwd_ch_minor,
+            chunk=chunk,
+            num_warps=1,
+            bwd_num_warps=1,
+        )
 
     CASES = [  # (groups, softplus, bias, skip, K or "hilbert", L, N, decay scale, config)
         # grouped B/C, every option, 2 random orders, N not a power of two; tiles 4 / 2 and chunk 8 don't divide L
@@ -59,35 +73,45 @@ else:
 
     @pytest.mark.parametrize("groups,softplus,bias,skip,K,L,N,decay,cfg", CASES)
     def test_triton_matches_reference_float64(groups, softplus, bias, skip, K, L, N, decay, cfg):
-        inputs = make_inputs(b=1, d=8, N=N, L=L, groups=groups, bias=bias, skip=skip, decay_scale=decay,
-                             seed=100 + L)
+        inputs = make_inputs(b=1, d=8, N=N, L=L, groups=groups, bias=bias, skip=skip, decay_scale=decay, seed=100 + L)
         if decay > 10:  # dt in [0.5, 1] (softplus of delta + bias): |dt * A| up to decay
             with torch.no_grad():
                 inputs["delta"].uniform_(1.0, 2.0)
         orders = scan_orders(3, 5) if K == "hilbert" else (None if K is None else random_orders(K, L, seed=L + 7))
-        assert_matches_oracle(selective_scan_triton, inputs, 1e-10, delta_softplus=softplus, orders=orders,
-                                 knobs=dict(config=cfg))
+        assert_matches_oracle(
+            selective_scan_triton, inputs, 1e-10, delta_softplus=softplus, orders=orders, knobs=dict(config=cfg)
+        )
 
     def test_triton_shared_B_grouped_C_float64():
         """B shared by all channels (b, N, L), C grouped (b, 2, N, L)."""
         inputs = make_inputs(b=1, d=8, N=4, L=10, groups=None, seed=5)
         gen = torch.Generator().manual_seed(6)
         inputs["C"] = torch.randn(1, 2, 4, 10, generator=gen, dtype=torch.float64).requires_grad_()
-        assert_matches_oracle(selective_scan_triton, inputs, 1e-10, delta_softplus=True,
-                                 orders=random_orders(2, 10, seed=3), knobs=dict(config=config(4, 4, 1, 4, 4, 0, 8)))
+        assert_matches_oracle(
+            selective_scan_triton,
+            inputs,
+            1e-10,
+            delta_softplus=True,
+            orders=random_orders(2, 10, seed=3),
+            knobs=dict(config=config(4, 4, 1, 4, 4, 0, 8)),
+        )
 
     def test_triton_float32_large_decays_channels_last():
         """The model's memory layout (channels-last u, delta; B, C views of (b, L, g, N)), |dt * A| up to 50 (decays
         down to e^-50, finite and exact: only products of decays are formed), 4 random orders."""
         b, g, N, L, d = 1, 2, 4, 10, 8
-        inputs = make_inputs(b=b, d=d, N=N, L=L, groups=g, dtype=torch.float32, decay_scale=50.0, bias=False,
-                             seed=11)
+        inputs = make_inputs(b=b, d=d, N=N, L=L, groups=g, dtype=torch.float32, decay_scale=50.0, bias=False, seed=11)
         with torch.no_grad():
             inputs["delta"].uniform_(0.2, 1.0)
         views = channels_last_views(inputs)
         assert views["u"].stride(1) == 1 and views["B"].stride(2) == 1
-        assert_matches_oracle(selective_scan_triton, views, 1e-5, orders=random_orders(4, L, seed=12),
-                                 knobs=dict(config=config(4, 4, 1, 4, 4, 1, 8)))
+        assert_matches_oracle(
+            selective_scan_triton,
+            views,
+            1e-5,
+            orders=random_orders(4, L, seed=12),
+            knobs=dict(config=config(4, 4, 1, 4, 4, 1, 8)),
+        )
 
     @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
     def test_triton_low_precision_computes_in_float32(dtype):

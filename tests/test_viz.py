@@ -33,8 +33,9 @@ def _min_distance(colours: np.ndarray) -> float:
     return float(d[~np.eye(len(c), dtype=bool)].min())
 
 
-@pytest.mark.parametrize("dataset, task, classes", [("nyud", "semseg", 40), ("pascal", "semseg", 21),
-                                                    ("pascal", "human_parts", 7)])
+@pytest.mark.parametrize(
+    "dataset, task, classes", [("nyud", "semseg", 40), ("pascal", "semseg", 21), ("pascal", "human_parts", 7)]
+)
 def test_palettes_are_deterministic_distinct_and_avoid_the_ignore_colour(dataset, task, classes):
     palette = palette_for(dataset, task)
     assert palette.shape == (classes, 3) and palette.dtype == np.uint8
@@ -130,8 +131,13 @@ def test_make_panel_draws_predictions_and_ground_truth(dataset):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
     predictions = _maps(30, 50, dataset, rng)
-    meta = ModelMeta(dataset=dataset, tasks=DATASETS[dataset].tasks, num_outputs=DATASETS[dataset].num_outputs,
-                     train_size=(32, 48), stride=16)
+    meta = ModelMeta(
+        dataset=dataset,
+        tasks=DATASETS[dataset].tasks,
+        num_outputs=DATASETS[dataset].num_outputs,
+        train_size=(32, 48),
+        stride=16,
+    )
     panel = make_panel(image, predictions, meta=meta, tile_size=100)
     assert isinstance(panel, Image.Image) and panel.mode == "RGB"
     columns = 1 + len(DATASETS[dataset].tasks)
@@ -171,8 +177,9 @@ def test_colorize_maps_gives_one_picture_per_task():
     assert set(colours) == set(maps)
     for task, picture in colours.items():
         assert picture.shape == (6, 8, 3) and picture.dtype == np.uint8, task
-    assert np.array_equal(colours["human_parts"], colorize_labels(maps["human_parts"], palette_for("pascal",
-                                                                                                  "human_parts")))
+    assert np.array_equal(
+        colours["human_parts"], colorize_labels(maps["human_parts"], palette_for("pascal", "human_parts"))
+    )
     assert np.array_equal(colours["normals"], colorize_normals(maps["normals"]))
     assert np.array_equal(colours["sal"], colorize_probability(maps["sal"]))
     assert (colours["depth"] != IGNORE_RGB).any(-1).all()  # a predicted 0 m is a depth, not a missing value

@@ -1,8 +1,7 @@
 """PAMM: Parameter Aware Mamba Model for multi-task dense prediction (arXiv 2511.14503)."""
 
+from ._version import __version__
 from .config import Config, ConfigError, load_config, preset_names
-
-__version__ = "0.1.0"
 
 __all__ = ["Config", "ConfigError", "load_config", "preset_names", "build_model", "load", "__version__"]
 

@@ -16,6 +16,7 @@ import shlex
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_SIGINT, EXIT_SIGTERM, Interrupted, Terminated, describe, exit_code
@@ -54,33 +55,64 @@ def _synth_size(text: str) -> tuple[int, int]:
 def cmd_data_synth(args) -> int:
     from .data.synth import synthesize
 
-    summary = synthesize(Path(args.out), layout=args.layout, n_train=args.train, n_val=args.val, size=args.size,
-                         seed=args.seed, preview=Path(args.preview) if args.preview else None,
-                         overwrite=args.overwrite, progress=not args.quiet, workers=args.workers, tasks=args.tasks)
+    summary = synthesize(
+        Path(args.out),
+        layout=args.layout,
+        n_train=args.train,
+        n_val=args.val,
+        size=args.size,
+        seed=args.seed,
+        preview=Path(args.preview) if args.preview else None,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        workers=args.workers,
+        tasks=args.tasks,
+    )
     counts, (height, width) = summary["counts"], summary["size"]
     tasks = f", tasks {','.join(summary['tasks'])}" if "tasks" in summary else ""
-    print(f"{'replaced the dataset in' if summary['replaced'] else 'wrote'} {summary['root']}: {counts['train']} "
-          f"train + {counts['val']} val images ({args.layout} layout{tasks}, {height}x{width}, seed {args.seed}, "
-          f"{summary['seconds']:.1f} s)" + (f"; preview {summary['preview']}" if summary["preview"] else ""))
+    print(
+        f"{'replaced the dataset in' if summary['replaced'] else 'wrote'} {summary['root']}: {counts['train']} "
+        f"train + {counts['val']} val images ({args.layout} layout{tasks}, {height}x{width}, seed {args.seed}, "
+        f"{summary['seconds']:.1f} s)" + (f"; preview {summary['preview']}" if summary["preview"] else "")
+    )
     return 0
 
 
 def cmd_data_convert(args) -> int:
     from .data.convert import convert_dataset
 
-    summary = convert_dataset(args.source, Path(args.root), Path(args.out), tasks=args.tasks, splits=args.splits,
-                              name=args.name, overwrite=args.overwrite, progress=not args.quiet)
+    summary = convert_dataset(
+        args.source,
+        Path(args.root),
+        Path(args.out),
+        tasks=args.tasks,
+        splits=args.splits,
+        name=args.name,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
     counts = " + ".join(f"{n} {split}" for split, n in summary["counts"].items())
-    print(f"{'replaced the dataset in' if summary['replaced'] else 'wrote'} {summary['root']}: {counts} images "
-          f"from {args.root} ({args.source}; tasks {','.join(summary['tasks'])}; {summary['seconds']:.1f} s)")
+    print(
+        f"{'replaced the dataset in' if summary['replaced'] else 'wrote'} {summary['root']}: {counts} images "
+        f"from {args.root} ({args.source}; tasks {','.join(summary['tasks'])}; {summary['seconds']:.1f} s)"
+    )
     return 0
 
 
-def _name_list(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+def _comma_list(expected: str) -> Callable[[str], list[str]]:
+    """An argparse type: comma-separated names (blanks dropped); none at all is refused as "expected <expected>"."""
+
+    def names(text: str) -> list[str]:
+        found = [name.strip() for name in text.split(",") if name.strip()]
+        if not found:
+            raise argparse.ArgumentTypeError(f"expected {expected} got {text!r}")
+        return found
+
     return names
+
+
+_name_list = _comma_list("comma-separated names,")
+_task_list = _comma_list("task names separated by commas, like semseg,depth;")
 
 
 def cmd_data_check(args) -> int:
@@ -112,8 +144,14 @@ def cmd_train(args) -> int:
     from .engine.trainer import Trainer
 
     cfg = _load_cfg(args.config, args.set)
-    trainer = Trainer(cfg, args.out, resume=args.resume, device=args.device, progress=not args.quiet,
-                      command=shlex.join(["pamm", *args.argv]))
+    trainer = Trainer(
+        cfg,
+        args.out,
+        resume=args.resume,
+        device=args.device,
+        progress=not args.quiet,
+        command=shlex.join(["pamm", *args.argv]),
+    )
     try:
         with trainer:
             metrics = trainer.fit()
@@ -149,9 +187,15 @@ def cmd_evaluate(args) -> int:
         cfg = override_config(cfg, dict(parse_override(s) for s in args.set))
     created = check_writable(out)  # before the evaluation, not after it
     try:
-        metrics, cfg = evaluate_checkpoint(ckpt, cfg, split=args.split, device=args.device,
-                                           max_images=args.max_images, baselines=args.baselines,
-                                           progress=not args.quiet)
+        metrics, cfg = evaluate_checkpoint(
+            ckpt,
+            cfg,
+            split=args.split,
+            device=args.device,
+            max_images=args.max_images,
+            baselines=args.baselines,
+            progress=not args.quiet,
+        )
         write_metrics(out, metrics, cfg, extra={"checkpoint": str(ckpt), "split": args.split})
     except BaseException:
         remove_empty_folders(created)
@@ -186,30 +230,40 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _task_list(text: str) -> list[str]:
-    tasks = [t.strip() for t in text.split(",") if t.strip()]
-    if not tasks:
-        raise argparse.ArgumentTypeError(f"expected task names separated by commas, like semseg,depth; got {text!r}")
-    return tasks
-
-
 def cmd_predict(args) -> int:
     from .engine.predictor import DEFAULT_OVERLAP
     from .inference import DEFAULT_MAX_PIXELS, load
     from .predict_files import PredictionFailed, find_inputs, predict_files
 
     inputs = find_inputs(args.inputs)
-    predictor = load(args.checkpoint, device=args.device, mode=args.mode, scale=args.scale,
-                     overlap=DEFAULT_OVERLAP if args.overlap is None else args.overlap, batch_size=args.batch_size,
-                     max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, resize=args.resize)
+    predictor = load(
+        args.checkpoint,
+        device=args.device,
+        mode=args.mode,
+        scale=args.scale,
+        overlap=DEFAULT_OVERLAP if args.overlap is None else args.overlap,
+        batch_size=args.batch_size,
+        max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+        resize=args.resize,
+    )
     try:
-        report = predict_files(predictor, inputs, args.out, tasks=args.tasks, panel=not args.no_panel,
-                               overwrite=args.overwrite, progress=not args.quiet)
+        report = predict_files(
+            predictor,
+            inputs,
+            args.out,
+            tasks=args.tasks,
+            panel=not args.no_panel,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
     except PredictionFailed as e:
         for _, message in e.report.failures:
             print(f"pamm predict: error: {message}", file=sys.stderr)
-        print(f"wrote {len(e.report.written)} file(s) to {args.out}; {len(e.report.failures)} of {len(inputs)} "
-              f"input(s) failed", file=sys.stderr)
+        print(
+            f"wrote {len(e.report.written)} file(s) to {args.out}; {len(e.report.failures)} of {len(inputs)} "
+            f"input(s) failed",
+            file=sys.stderr,
+        )
         return 2
     parts = [f"{report.images} image(s)"] if report.images else []
     parts += [f"{report.videos} video(s) ({report.frames} frames)"] if report.videos else []
@@ -224,12 +278,21 @@ def cmd_convert(args) -> int:
     kind = identify_file(args.src)
     if kind in ("pamm-weights", "pamm-state"):
         what = "weights file" if kind == "pamm-weights" else "training state (.state.pt)"
-        raise ValueError(f"{args.src} is a pamm {what}, not a checkpoint of the authors' code; it needs no "
-                         f"conversion (load weights with `pamm evaluate --checkpoint` or `pamm predict`)")
+        raise ValueError(
+            f"{args.src} is a pamm {what}, not a checkpoint of the authors' code; it needs no "
+            f"conversion (load weights with `pamm evaluate --checkpoint` or `pamm predict`)"
+        )
     if kind == "folder":
         raise ValueError(f"{args.src} is a folder; expected the authors' checkpoint file (.pth)")
-    report = convert_official(Path(args.src), Path(args.dst), preset=args.preset, x_experts=args.x_experts,
-                              prior_seed=args.prior_seed, overwrite=args.overwrite, format=args.format)
+    report = convert_official(
+        Path(args.src),
+        Path(args.dst),
+        preset=args.preset,
+        x_experts=args.x_experts,
+        prior_seed=args.prior_seed,
+        overwrite=args.overwrite,
+        format=args.format,
+    )
     print(report)
     return 0
 
@@ -247,18 +310,29 @@ def cmd_export(args) -> int:
     if args.format == "pretrained":
         from .interop.hub import export_pretrained
 
-        export_pretrained(args.checkpoint, out, overwrite=args.overwrite, name=args.name, license=args.license,
-                          hub_id=args.hub_id)
-        print(f"wrote the pretrained folder {out} (config.json, model.safetensors, README.md); load it with "
-              f"pamm.load({str(out)!r}) or PAMM.from_pretrained, share it with `hf upload ORG/NAME {out}`")
+        export_pretrained(
+            args.checkpoint, out, overwrite=args.overwrite, name=args.name, license=args.license, hub_id=args.hub_id
+        )
+        print(
+            f"wrote the pretrained folder {out} (config.json, model.safetensors, README.md); load it with "
+            f"pamm.load({str(out)!r}) or PAMM.from_pretrained, share it with `hf upload ORG/NAME {out}`"
+        )
         return 0
     size = parse_size(args.size) if args.size else None
     check_output_path(out, args.overwrite)  # before loading the model
     from .interop.hub import load_trained
 
     model = load_trained(args.checkpoint).model
-    report = export_onnx(model, out, size=size, batch_size=args.batch_size, dynamic_batch=args.dynamic_batch,
-                         postprocess=args.postprocess, overwrite=args.overwrite, check=not args.no_check)
+    report = export_onnx(
+        model,
+        out,
+        size=size,
+        batch_size=args.batch_size,
+        dynamic_batch=args.dynamic_batch,
+        postprocess=args.postprocess,
+        overwrite=args.overwrite,
+        check=not args.no_check,
+    )
     print(report.summary())
     return 0
 
@@ -279,8 +353,10 @@ def cmd_config(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pamm", description="PAMM: multi-task dense prediction with parameter-aware "
-                                "Mamba experts (arXiv 2511.14503).")
+    p = argparse.ArgumentParser(
+        prog="pamm",
+        description="PAMM: multi-task dense prediction with parameter-aware Mamba experts (arXiv 2511.14503).",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -297,8 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layout", choices=["nyud", "pascal", "generic"], default="nyud",
                    help="nyud / pascal: the benchmarks' layouts; generic: the dataset.yaml format (docs/"
                    "dataset-format.md) with the tasks of --tasks, in OUT/generic (default nyud)")  # fmt: skip
-    s.add_argument("--tasks", type=_name_list, default=None, metavar="T1,T2",
-                   help="generic layout only: tasks to write, e.g. semseg,depth (default: all six)")
+    s.add_argument(
+        "--tasks",
+        type=_name_list,
+        default=None,
+        metavar="T1,T2",
+        help="generic layout only: tasks to write, e.g. semseg,depth (default: all six)",
+    )
     s.add_argument("--train", type=int, default=200, help="training images (default 200)")
     s.add_argument("--val", type=int, default=50, help="validation images (default 50)")
     s.add_argument("--size", type=_synth_size, default=(96, 128), help="image size HEIGHTxWIDTH (default 96x128)")
@@ -314,8 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_data_synth)
     c = dsub.add_parser("check", help="validate a dataset folder and list every problem")
-    c.add_argument("--dataset", choices=["nyud", "pascal", "generic"], required=True,
-                   help="generic: a folder described by its dataset.yaml")
+    c.add_argument(
+        "--dataset",
+        choices=["nyud", "pascal", "generic"],
+        required=True,
+        help="generic: a folder described by its dataset.yaml",
+    )
     c.add_argument("--root", required=True)
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_data_check)
@@ -360,31 +445,58 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
-    pr = sub.add_parser("predict", help="predict every task for images and videos: maps (.npy, .png) and panels",
-                        description="Predict every task for images (files, folders, patterns) and videos. Each "
-                        "image is resized to the model's scale (its area matched to the test size, aspect kept), "
-                        "predicted whole, and every map is brought back to the image's own size. Writes per image "
-                        "<stem>_<task>.npy and .png and <stem>_panel.png; per video <stem>_panel.mp4.")
-    pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders, or patterns like "
-                    "'photos/**/*.jpg'")
-    pr.add_argument("--checkpoint", required=True, help="a run folder (its best checkpoint), a weights file, a "
-                    "pretrained folder or a Hub model id (org/name)")
+    pr = sub.add_parser(
+        "predict",
+        help="predict every task for images and videos: maps (.npy, .png) and panels",
+        description="Predict every task for images (files, folders, patterns) and videos. Each "
+        "image is resized to the model's scale (its area matched to the test size, aspect kept), "
+        "predicted whole, and every map is brought back to the image's own size. Writes per image "
+        "<stem>_<task>.npy and .png and <stem>_panel.png; per video <stem>_panel.mp4.",
+    )
+    pr.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="image or video files, folders, or patterns like 'photos/**/*.jpg'"
+    )
+    pr.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a run folder (its best checkpoint), a weights file, a pretrained folder or a Hub model id (org/name)",
+    )
     pr.add_argument("--out", required=True, help="output folder (created)")
     pr.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     pr.add_argument("--batch-size", type=_positive, default=8, help="images per forward pass (default 8)")
     pr.add_argument("--tasks", type=_task_list, default=None, help="only these tasks, e.g. semseg,depth")
     pr.add_argument("--no-panel", action="store_true", help="no <stem>_panel.png")
     pr.add_argument("--overwrite", action="store_true", help="replace output files that exist already")
-    pr.add_argument("--mode", choices=["whole", "slide"], default="whole",
-                    help="whole: one pass per image (default); slide: training-size windows, blended")
-    pr.add_argument("--scale", type=_scale, default=None, metavar="auto|FACTOR",
-                    help="resize factor of the input; auto (default): the resolution rule, 1: the image's own size")
-    pr.add_argument("--overlap", type=_fraction, default=None, help="sliding-window overlap, a fraction of the "
-                    "window (default 1/3)")
-    pr.add_argument("--resize", type=_positive, default=None, metavar="LONG_SIDE",
-                    help="downscale image files to this long side on reading (outputs at the downscaled size)")
-    pr.add_argument("--max-pixels", type=_positive, default=None, metavar="N",
-                    help="refuse image files with more pixels (default 40,000,000)")
+    pr.add_argument(
+        "--mode",
+        choices=["whole", "slide"],
+        default="whole",
+        help="whole: one pass per image (default); slide: training-size windows, blended",
+    )
+    pr.add_argument(
+        "--scale",
+        type=_scale,
+        default=None,
+        metavar="auto|FACTOR",
+        help="resize factor of the input; auto (default): the resolution rule, 1: the image's own size",
+    )
+    pr.add_argument(
+        "--overlap", type=_fraction, default=None, help="sliding-window overlap, a fraction of the window (default 1/3)"
+    )
+    pr.add_argument(
+        "--resize",
+        type=_positive,
+        default=None,
+        metavar="LONG_SIDE",
+        help="downscale image files to this long side on reading (outputs at the downscaled size)",
+    )
+    pr.add_argument(
+        "--max-pixels",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="refuse image files with more pixels (default 40,000,000)",
+    )
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=cmd_predict)
 
@@ -475,8 +587,11 @@ def main(argv: list[str] | None = None) -> int:
         if code == EXIT_INTERNAL or args.debug or os.environ.get("PAMM_DEBUG"):
             traceback.print_exc()
         if code == EXIT_INTERNAL:
-            print(f"pamm {command}: internal error (a bug; please report it with the traceback above): "
-                  f"{type(e).__name__}: {e}", file=sys.stderr)
+            print(
+                f"pamm {command}: internal error (a bug; please report it with the traceback above): "
+                f"{type(e).__name__}: {e}",
+                file=sys.stderr,
+            )
         else:
             print(f"pamm {command}: error: {describe(e)}", file=sys.stderr)
         return code

@@ -17,10 +17,11 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 import yaml
 
@@ -31,7 +32,7 @@ __all__ = [
     "Config", "ModelConfig", "BackboneConfig", "ScanConfig", "RuntimeConfig", "DataConfig", "TrainConfig",
     "EvalConfig", "ConfigError", "load_config", "preset_names", "config_to_dict", "config_from_dict",
     "config_from_checkpoint", "migrate_config_dict", "override_config", "parse_override",
-    "ACTIVATION_CHECKPOINT_PLACES", "MOVED_KEYS",
+    "ACTIVATION_CHECKPOINT_PLACES", "MOVED_KEYS", "pair",
 ]  # fmt: skip
 
 
@@ -42,6 +43,16 @@ class ConfigError(InputError):
 def _check(cond: bool, key: str, message: str) -> None:
     if not cond:
         raise ConfigError(f"config key '{key}': {message}")
+
+
+_T = TypeVar("_T")
+
+
+def pair(values: Sequence[_T]) -> tuple[_T, _T]:
+    """A two-element sequence as a tuple: a config's validated ``[H, W]`` or ``[low, high]``, a tensor's
+    ``shape[-2:]``. ValueError for any other length."""
+    first, second = values
+    return first, second
 
 
 @dataclass
@@ -75,14 +86,20 @@ class BackboneConfig:
     patch_size: int = 16
 
     def validate(self, key: str) -> None:
-        _check(self.weights_mapping in ("names", "positional"), f"{key}.weights_mapping",
-               f"must be 'names' or 'positional', got {self.weights_mapping!r}")
+        _check(
+            self.weights_mapping in ("names", "positional"),
+            f"{key}.weights_mapping",
+            f"must be 'names' or 'positional', got {self.weights_mapping!r}",
+        )
         _check(len(self.taps) >= 1, f"{key}.taps", "needs at least one tap")
         _check(all(t >= 0 for t in self.taps), f"{key}.taps", f"indices must be >= 0, got {self.taps}")
         _check(list(self.taps) == sorted(set(self.taps)), f"{key}.taps", f"must be increasing, got {self.taps}")
         _check(0.0 <= self.drop_path < 1.0, f"{key}.drop_path", f"must be in [0, 1), got {self.drop_path}")
-        _check(self.patch_size in (4, 8, 14, 16, 32), f"{key}.patch_size",
-               f"must be one of 4, 8, 14, 16, 32, got {self.patch_size}")
+        _check(
+            self.patch_size in (4, 8, 14, 16, 32),
+            f"{key}.patch_size",
+            f"must be one of 4, 8, 14, 16, 32, got {self.patch_size}",
+        )
 
 
 @dataclass
@@ -152,17 +169,24 @@ class ModelConfig:
     def validate(self, key: str) -> None:
         for t in self.head_bias_init:
             _check(t in TASKS, f"{key}.head_bias_init", f"unknown task {t!r}; allowed: {sorted(TASKS)}")
-        _check(self.decoder in ("pamm", "shared"), f"{key}.decoder",
-               f"must be 'pamm' or 'shared', got {self.decoder!r}")
-        _check(self.dim > 0 and self.dim % 32 == 0, f"{key}.dim",
-               f"must be a positive multiple of 32 (GroupNorm(32)), got {self.dim}")
+        _check(
+            self.decoder in ("pamm", "shared"), f"{key}.decoder", f"must be 'pamm' or 'shared', got {self.decoder!r}"
+        )
+        _check(
+            self.dim > 0 and self.dim % 32 == 0,
+            f"{key}.dim",
+            f"must be a positive multiple of 32 (GroupNorm(32)), got {self.dim}",
+        )
         _check(self.expand >= 1, f"{key}.expand", f"must be >= 1, got {self.expand}")
         _check((self.expand * self.dim) % 4 == 0, f"{key}.expand", "expand * dim must be divisible by 4")
         _check(self.d_state >= 1, f"{key}.d_state", f"must be >= 1, got {self.d_state}")
         _check(self.dt_rank >= 0, f"{key}.dt_rank", f"must be >= 0 (0 = auto), got {self.dt_rank}")
         _check(self.num_experts >= 1, f"{key}.num_experts", f"must be >= 1, got {self.num_experts}")
-        _check(1 <= self.top_k <= self.num_experts, f"{key}.top_k",
-               f"must be in [1, num_experts={self.num_experts}], got {self.top_k}")
+        _check(
+            1 <= self.top_k <= self.num_experts,
+            f"{key}.top_k",
+            f"must be in [1, num_experts={self.num_experts}], got {self.top_k}",
+        )
         _check(self.expert_rank >= 1, f"{key}.expert_rank", f"must be >= 1, got {self.expert_rank}")
         for name in ("expert_kernel", "x_expert_kernel"):
             k = getattr(self, name)
@@ -216,8 +240,11 @@ class RuntimeConfig:
         _check_scan_backend(self.scan_backend, f"{key}.scan_backend")
         places = self.activation_checkpointing
         for p in places:
-            _check(p in ACTIVATION_CHECKPOINT_PLACES, f"{key}.activation_checkpointing",
-                   f"unknown place {p!r}; allowed: {list(ACTIVATION_CHECKPOINT_PLACES)}")
+            _check(
+                p in ACTIVATION_CHECKPOINT_PLACES,
+                f"{key}.activation_checkpointing",
+                f"unknown place {p!r}; allowed: {list(ACTIVATION_CHECKPOINT_PLACES)}",
+            )
         _check(len(set(places)) == len(places), f"{key}.activation_checkpointing", f"duplicate place in {places}")
 
 
@@ -250,8 +277,11 @@ class DataConfig:
     on_error: str = "raise"
 
     def validate(self, key: str) -> None:
-        _check(self.dataset in DATASET_KINDS, f"{key}.dataset",
-               f"must be one of {list(DATASET_KINDS)}, got {self.dataset!r}")
+        _check(
+            self.dataset in DATASET_KINDS,
+            f"{key}.dataset",
+            f"must be one of {list(DATASET_KINDS)}, got {self.dataset!r}",
+        )
         # a generic dataset's tasks are those of its dataset.yaml, checked when it is read (task_list)
         known = tuple(TASKS) if self.dataset == GENERIC else dataset_spec(self.dataset).tasks
         for t in self.tasks:
@@ -261,10 +291,14 @@ class DataConfig:
             v = getattr(self, name)
             _check(len(v) == 2 and all(s > 0 for s in v), f"{key}.{name}", f"must be [height, width] > 0, got {v}")
         _check(self.workers >= 0, f"{key}.workers", f"must be >= 0, got {self.workers}")
-        _check(len(self.scale_range) == 2 and 0 < self.scale_range[0] <= self.scale_range[1],
-               f"{key}.scale_range", f"must be [low, high] with 0 < low <= high, got {self.scale_range}")
-        _check(self.on_error in ("raise", "skip"), f"{key}.on_error",
-               f"must be 'raise' or 'skip', got {self.on_error!r}")
+        _check(
+            len(self.scale_range) == 2 and 0 < self.scale_range[0] <= self.scale_range[1],
+            f"{key}.scale_range",
+            f"must be [low, high] with 0 < low <= high, got {self.scale_range}",
+        )
+        _check(
+            self.on_error in ("raise", "skip"), f"{key}.on_error", f"must be 'raise' or 'skip', got {self.on_error!r}"
+        )
 
     @property
     def spec(self) -> DatasetSpec:
@@ -312,8 +346,9 @@ class TrainConfig:
     poly_power: float = 0.9
     warmup_iters: int = 0
     grad_clip: float = 10.0
-    loss_weights: dict[str, float] = field(default_factory=lambda: {
-        "semseg": 1.0, "depth": 1.0, "normals": 10.0, "edge": 50.0})
+    loss_weights: dict[str, float] = field(
+        default_factory=lambda: {"semseg": 1.0, "depth": 1.0, "normals": 10.0, "edge": 50.0}
+    )
     load_balancing: float = 5e-4
     amp: str = "auto"
     seed: int = 0
@@ -328,20 +363,29 @@ class TrainConfig:
     def validate(self, key: str) -> None:
         _check(self.iterations >= 1, f"{key}.iterations", f"must be >= 1, got {self.iterations}")
         _check(self.batch_size >= 1, f"{key}.batch_size", f"must be >= 1, got {self.batch_size}")
-        _check(self.optimizer in ("adam", "adamw", "sgd"), f"{key}.optimizer",
-               f"must be 'adam', 'adamw' or 'sgd', got {self.optimizer!r}")
+        _check(
+            self.optimizer in ("adam", "adamw", "sgd"),
+            f"{key}.optimizer",
+            f"must be 'adam', 'adamw' or 'sgd', got {self.optimizer!r}",
+        )
         _check(self.lr > 0, f"{key}.lr", f"must be > 0, got {self.lr}")
         _check(self.weight_decay >= 0, f"{key}.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(self.poly_power >= 0, f"{key}.poly_power", f"must be >= 0, got {self.poly_power}")
-        _check(0 <= self.warmup_iters < self.iterations, f"{key}.warmup_iters",
-               f"must be in [0, iterations), got {self.warmup_iters}")
+        _check(
+            0 <= self.warmup_iters < self.iterations,
+            f"{key}.warmup_iters",
+            f"must be in [0, iterations), got {self.warmup_iters}",
+        )
         _check(self.grad_clip >= 0, f"{key}.grad_clip", f"must be >= 0, got {self.grad_clip}")
         for t, w in self.loss_weights.items():
             _check(t in TASKS, f"{key}.loss_weights", f"unknown task {t!r}; allowed: {sorted(TASKS)}")
             _check(w >= 0, f"{key}.loss_weights.{t}", f"must be >= 0, got {w}")
         _check(self.load_balancing >= 0, f"{key}.load_balancing", f"must be >= 0, got {self.load_balancing}")
-        _check(self.amp in ("auto", "bf16", "fp16", "off"), f"{key}.amp",
-               f"must be one of 'auto', 'bf16', 'fp16', 'off', got {self.amp!r}")
+        _check(
+            self.amp in ("auto", "bf16", "fp16", "off"),
+            f"{key}.amp",
+            f"must be one of 'auto', 'bf16', 'fp16', 'off', got {self.amp!r}",
+        )
         for name in ("eval_every", "checkpoint_every", "log_every", "max_nonfinite_steps"):
             _check(getattr(self, name) >= 0, f"{key}.{name}", f"must be >= 0, got {getattr(self, name)}")
 
@@ -393,8 +437,11 @@ class Config:
         tasks = self.data.tasks if self.data.dataset == GENERIC else self.data.task_list
         self.check_loss_weights(tasks)
         stride = self.model.backbone.patch_size
-        _check(all(s % stride == 0 for s in self.data.train_size), "data.train_size",
-               f"must be a multiple of the backbone patch size {stride}, got {self.data.train_size}")
+        _check(
+            all(s % stride == 0 for s in self.data.train_size),
+            "data.train_size",
+            f"must be a multiple of the backbone patch size {stride}, got {self.data.train_size}",
+        )
         return self
 
     def check_loss_weights(self, tasks) -> None:
@@ -432,9 +479,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, a, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(f"config key '{key}': expected {' or '.join(_type_name(a) for a in args)}, "
-                          f"got {value!r}")
-    if dataclasses.is_dataclass(tp):
+        raise ConfigError(f"config key '{key}': expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}': expected a mapping of {tp.__name__} fields, got {value!r}")
         return _from_dict(tp, value, key)
@@ -505,8 +551,10 @@ _PLACE_OF = {"model.checkpoint_backbone": "backbone", "model.checkpoint_stages":
 def _moved_message(key: str) -> str:
     new = MOVED_KEYS[key]
     if new is None:
-        return (f"config key '{key}' was removed: the model has one execution, the fused one (the released code's "
-                f"per-task formulation is pamm.models.reference, for tests and benchmarks)")
+        return (
+            f"config key '{key}' was removed: the model has one execution, the fused one (the released code's "
+            f"per-task formulation is pamm.models.reference, for tests and benchmarks)"
+        )
     if key in _PLACE_OF:
         return f"config key '{key}' moved to '{new}', a list of places: write {new}=[{_PLACE_OF[key]}]"
     return f"config key '{key}' moved to '{new}'"
@@ -515,7 +563,7 @@ def _moved_message(key: str) -> str:
 def _pop_dotted(data: dict, key: str) -> tuple[bool, Any]:
     """Remove ``key`` (dotted) from nested ``data``; (found, value)."""
     *parents, last = key.split(".")
-    node = data
+    node: Any = data
     for p in parents:
         node = node.get(p) if isinstance(node, dict) else None
     if not isinstance(node, dict) or last not in node:
@@ -637,7 +685,7 @@ def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
     """
     src = str(name_or_path)
     if src in preset_names():
-        data = _read_yaml(resources.files("pamm").joinpath(PRESET_DIR, f"{src}.yaml"), f"preset {src!r}")
+        data = _read_yaml(resources.files("pamm").joinpath(PRESET_DIR).joinpath(f"{src}.yaml"), f"preset {src!r}")
     else:
         path = Path(src)
         if not path.is_file():
@@ -649,7 +697,7 @@ def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
         if base not in preset_names() or base in seen:
             raise ConfigError(f"config key 'base': must name a preset {preset_names()} (no cycles), got {base!r}")
         seen.add(base)
-        data = _merge(_read_yaml(resources.files("pamm").joinpath(PRESET_DIR, f"{base}.yaml"), base), data)
+        data = _merge(_read_yaml(resources.files("pamm").joinpath(PRESET_DIR).joinpath(f"{base}.yaml"), base), data)
     for k, v in (overrides or {}).items():
         _apply_override(data, k, v)
     return _from_dict(Config, data).validate()

@@ -108,8 +108,10 @@ def describe(e: BaseException) -> str:
     if _out_of_memory(e):
         text = " ".join(str(e).split())
         first = text.split(" (GPU ")[0].split(" GPU ")[0].rstrip(".")
-        return (f"{first}. Lower train.batch_size (eval.batch_size for evaluations), or recompute activations "
-                f"(runtime.activation_checkpointing: [backbone, stages])")
+        return (
+            f"{first}. Lower train.batch_size (eval.batch_size for evaluations), or recompute activations "
+            f"(runtime.activation_checkpointing: [backbone, stages])"
+        )
     return str(e) or type(e).__name__
 
 

@@ -20,8 +20,17 @@ from pathlib import Path
 
 from .errors import InputError, ResourceError, describe_os_error
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "AtomicGroup", "StagedFolder", "current_umask",
-           "make_folders", "remove_empty_folders", "check_writable"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "AtomicGroup",
+    "StagedFolder",
+    "current_umask",
+    "make_folders",
+    "remove_empty_folders",
+    "check_writable",
+]
 
 
 def current_umask() -> int:
@@ -208,13 +217,13 @@ class StagedFolder:
 
     Attributes:
         target: the folder being created or replaced.
-        path: the hidden folder being filled (set on entering the block).
+        path: the hidden folder being filled (inside the block only: a RuntimeError elsewhere).
     """
 
     def __init__(self, target: str | os.PathLike, *, replace: bool = False) -> None:
         self.target = Path(target)
         self.replace = replace
-        self.path: Path | None = None
+        self._path: Path | None = None
         self._folders: set[Path] = set()
 
     def _tag(self, kind: str) -> str:
@@ -231,7 +240,7 @@ class StagedFolder:
             for entry in self.target.parent.iterdir():
                 if not entry.name.startswith(prefix):
                     continue
-                parts = entry.name[len(prefix):].rsplit("-", 2)
+                parts = entry.name[len(prefix) :].rsplit("-", 2)
                 if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and not _pid_alive(int(parts[1])):
                     shutil.rmtree(entry, ignore_errors=True)
 
@@ -240,21 +249,27 @@ class StagedFolder:
         try:
             parent.mkdir(parents=True, exist_ok=True)
             self._remove_stale()
-            self.path = Path(tempfile.mkdtemp(prefix=self._tag("staged"), dir=parent))
-            os.chmod(self.path, 0o777 & ~current_umask())
+            self._path = Path(tempfile.mkdtemp(prefix=self._tag("staged"), dir=parent))
+            os.chmod(self._path, 0o777 & ~current_umask())
         except OSError as e:
-            if self.path is not None:
-                shutil.rmtree(self.path, ignore_errors=True)
-                self.path = None
+            if self._path is not None:
+                shutil.rmtree(self._path, ignore_errors=True)
+                self._path = None
             raise ResourceError(f"could not create {describe_os_error(e, self.target)}", e.errno) from e
         return self
+
+    @property
+    def path(self) -> Path:
+        if self._path is None:
+            raise RuntimeError("StagedFolder.path is only available inside its with-block")
+        return self._path
 
     def write_bytes(self, relative: str | os.PathLike, data: bytes) -> None:
         """Write ``data`` to ``relative`` (a path inside the folder; sub-folders are created); errors name the file
         by its final path (``target / relative``)."""
-        if self.path is None:
+        if self._path is None:
             raise RuntimeError("StagedFolder.write_bytes is only available inside its with-block")
-        path = self.path / relative
+        path = self._path / relative
         try:
             if path.parent not in self._folders:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -265,7 +280,7 @@ class StagedFolder:
             raise ResourceError(f"could not write {describe_os_error(e, self.target / relative)}", e.errno) from e
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        staged, self.path = self.path, None
+        staged, self._path = self._path, None
         if staged is None:
             return
         if exc_type is not None:
@@ -307,6 +322,30 @@ class StagedFolder:
             except OSError as e:
                 warnings.warn(f"{target} was replaced, but the old folder could not be deleted: "
                               f"{describe_os_error(e, aside)}", stacklevel=3)  # fmt: skip
+
+
+def folder_has_contents(folder: Path, key: str = "out") -> bool:
+    """Whether the output folder ``folder`` (given as ``key``) exists with something in it: False when it is absent
+    or empty; an InputError naming ``key`` when it is a symbolic link or not a folder (never written through)."""
+    if folder.is_symlink():
+        raise InputError(f"{key}: {str(folder)!r} is a symbolic link; pass the folder that should hold the dataset")
+    if not folder.exists():
+        return False
+    if not folder.is_dir():
+        raise InputError(f"{key}: {str(folder)!r} exists and is not a folder")
+    return any(folder.iterdir())
+
+
+def unexpected_files(root: Path, expected: set[str]) -> list[str]:
+    """Files under ``root`` (POSIX paths relative to it, sorted) that are not in ``expected``: what a writer that
+    replaces the folder would lose."""
+    found = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            relative = Path(folder, name).relative_to(root).as_posix()
+            if relative not in expected:
+                found.append(relative)
+    return sorted(found)
 
 
 def make_folders(folder: str | os.PathLike) -> list[Path]:

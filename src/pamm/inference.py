@@ -62,7 +62,7 @@ def _describe(item: Any) -> str:
     return type(item).__name__
 
 
-_EXPECTED = ("a path, a PIL image, a NumPy array (H, W, 3), a tensor (3, H, W) or (N, 3, H, W), or a list of these")
+_EXPECTED = "a path, a PIL image, a NumPy array (H, W, 3), a tensor (3, H, W) or (N, 3, H, W), or a list of these"
 
 
 def _from_values(values: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
@@ -78,8 +78,10 @@ def _from_values(values: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
     tensor = tensor.detach().float().cpu()
     if tensor.numel() and not (torch.isfinite(tensor).all() and tensor.min() >= 0 and tensor.max() <= 1):
         low, high = float(tensor.nan_to_num().min()), float(tensor.nan_to_num().max())
-        raise ValueError(f"{what}: floating-point values must be finite and in [0, 1], got {low:.4g}..{high:.4g} "
-                         f"(scale 0..255 values by 1/255 or pass uint8)")
+        raise ValueError(
+            f"{what}: floating-point values must be finite and in [0, 1], got {low:.4g}..{high:.4g} "
+            f"(scale 0..255 values by 1/255 or pass uint8)"
+        )
     return tensor * 255.0
 
 
@@ -116,8 +118,10 @@ class ImagePredictor:
 
     def __repr__(self) -> str:
         p = self.predictor
-        return (f"ImagePredictor(dataset={p.meta.dataset!r}, tasks={list(p.tasks)}, device={str(p.device)!r}, "
-                f"mode={p.mode!r}, scale={p.scale}, batch_size={p.batch_size})")
+        return (
+            f"ImagePredictor(dataset={p.meta.dataset!r}, tasks={list(p.tasks)}, device={str(p.device)!r}, "
+            f"mode={p.mode!r}, scale={p.scale}, batch_size={p.batch_size})"
+        )
 
     def read(self, item: Any, what: str = "input") -> tuple[torch.Tensor, np.ndarray]:
         """One image-like input -> (the image for the engine: (3, H, W), uint8 or float32 in 0..255; its RGB uint8
@@ -129,19 +133,23 @@ class ImagePredictor:
 
         if isinstance(item, Image.Image):
             rgb = rgb_from_pil(item, what)
-            _check_size(*rgb.shape[:2], what)
+            _check_size(rgb.shape[0], rgb.shape[1], what)
             return torch.from_numpy(rgb).permute(2, 0, 1), rgb
         if isinstance(item, np.ndarray):
             if item.ndim != 3 or item.shape[2] != 3:
-                raise ValueError(f"{what}: NumPy array of shape {item.shape}; expected an RGB image (H, W, 3) (a PIL "
-                                 f"image converts grayscale and alpha)")
-            _check_size(*item.shape[:2], what)
+                raise ValueError(
+                    f"{what}: NumPy array of shape {item.shape}; expected an RGB image (H, W, 3) (a PIL "
+                    f"image converts grayscale and alpha)"
+                )
+            _check_size(item.shape[0], item.shape[1], what)
             values = _from_values(np.ascontiguousarray(item).transpose(2, 0, 1), what)
         elif isinstance(item, torch.Tensor):
             if item.ndim != 3 or item.shape[0] != 3:
-                raise ValueError(f"{what}: tensor of shape {tuple(item.shape)}; expected an RGB image (3, H, W) or a "
-                                 f"batch (N, 3, H, W)")
-            _check_size(*item.shape[1:], what)
+                raise ValueError(
+                    f"{what}: tensor of shape {tuple(item.shape)}; expected an RGB image (3, H, W) or a "
+                    f"batch (N, 3, H, W)"
+                )
+            _check_size(item.shape[1], item.shape[2], what)
             values = _from_values(item.detach().cpu(), what)
         else:
             raise TypeError(f"{what}: got {_describe(item)}; expected {_EXPECTED}")
@@ -158,20 +166,28 @@ class ImagePredictor:
         if isinstance(inputs, (list, tuple)):
             for index, item in enumerate(inputs):
                 if isinstance(item, torch.Tensor) and item.ndim == 4:
-                    raise ValueError(f"input {index}: a batch tensor inside a list; pass the (N, 3, H, W) tensor "
-                                     f"on its own, or a list of (3, H, W) tensors")
+                    raise ValueError(
+                        f"input {index}: a batch tensor inside a list; pass the (N, 3, H, W) tensor "
+                        f"on its own, or a list of (3, H, W) tensors"
+                    )
             return list(inputs), True
         return [inputs], False
 
-    def predict_images(self, images: Sequence[torch.Tensor], pictures: Sequence[np.ndarray],
-                       tasks: Sequence[str] | None = None, colorize: bool = False) -> list[Prediction]:
+    def predict_images(
+        self,
+        images: Sequence[torch.Tensor],
+        pictures: Sequence[np.ndarray],
+        tasks: Sequence[str] | None = None,
+        colorize: bool = False,
+    ) -> list[Prediction]:
         """Predictions for images already read (:meth:`read`): one batch of the engine."""
         results = []
         for maps, picture in zip(self.predictor.predict(images, tasks), pictures):
             arrays = {}
             for task, value in maps.items():  # normals: (3, H, W) views of (H, W, 3) memory, no copy here
-                arrays[task] = np.ascontiguousarray(value.permute(1, 2, 0).numpy() if task == "normals" else
-                                                    value.numpy())
+                arrays[task] = np.ascontiguousarray(
+                    value.permute(1, 2, 0).numpy() if task == "normals" else value.numpy()
+                )
             colors = None
             if colorize:
                 from .viz import colorize_maps
@@ -180,8 +196,9 @@ class ImagePredictor:
             results.append(Prediction(arrays, picture, colors))
         return results
 
-    def __call__(self, inputs: Any, *, tasks: Sequence[str] | None = None, colorize: bool = False
-                 ) -> Prediction | list[Prediction]:
+    def __call__(
+        self, inputs: Any, *, tasks: Sequence[str] | None = None, colorize: bool = False
+    ) -> Prediction | list[Prediction]:
         """Predict every task (or ``tasks``) for one input or a list / batch of inputs (module docstring).
 
         Returns:
@@ -193,15 +210,25 @@ class ImagePredictor:
         results: list[Prediction] = []
         size = self.predictor.batch_size
         for start in range(0, len(items), size):
-            read = [self.read(item, f"input {start + k}" if many else "input")
-                    for k, item in enumerate(items[start: start + size])]
+            read = [
+                self.read(item, f"input {start + k}" if many else "input")
+                for k, item in enumerate(items[start : start + size])
+            ]
             results += self.predict_images([r[0] for r in read], [r[1] for r in read], tasks, colorize)
         return results if many else results[0]
 
 
-def load(source: str | os.PathLike, device: str | torch.device | None = None, *, mode: str = "whole",
-         scale: float | None = None, overlap: float = DEFAULT_OVERLAP, batch_size: int = 8,
-         max_pixels: int | None = DEFAULT_MAX_PIXELS, resize: int | None = None) -> ImagePredictor:
+def load(
+    source: str | os.PathLike,
+    device: str | torch.device | None = None,
+    *,
+    mode: str = "whole",
+    scale: float | None = None,
+    overlap: float = DEFAULT_OVERLAP,
+    batch_size: int = 8,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    resize: int | None = None,
+) -> ImagePredictor:
     """Load a trained model as an :class:`ImagePredictor`.
 
     Args:

@@ -84,8 +84,9 @@ def cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor, reducer: Batc
     return _pooled_mean(per_pixel.sum(), (target != IGNORE_INDEX).sum(), reducer)
 
 
-def balanced_cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor,
-                                reducer: BatchReducer = LOCAL) -> torch.Tensor:
+def balanced_cross_entropy_loss(
+    logits: torch.Tensor, target: torch.Tensor, reducer: BatchReducer = LOCAL
+) -> torch.Tensor:
     """Class-balanced 2-class cross-entropy (saliency), as the authors:
 
     with p = fraction of salient pixels among the batch's valid pixels, background pixels are weighted p and
@@ -109,8 +110,9 @@ def balanced_cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor,
     return per_pixel.sum() * reducer.world / counts[1].clamp_min(1)
 
 
-def weighted_bce_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float,
-                      reducer: BatchReducer = LOCAL) -> torch.Tensor:
+def weighted_bce_loss(
+    logits: torch.Tensor, target: torch.Tensor, pos_weight: float, reducer: BatchReducer = LOCAL
+) -> torch.Tensor:
     """Weighted binary cross-entropy for boundaries, mean over non-ignored pixels:
 
     ``mean(w · y · (−log σ(x)) + (1 − w) · (1 − y) · (−log(1 − σ(x))))`` with ``w = pos_weight``.
@@ -168,7 +170,8 @@ def load_balancing_loss(routing: Sequence[torch.Tensor], reducer: BatchReducer =
         if weights.dim() != 2 or weights.shape[1] < 2:
             raise ValueError(f"routing weights must be (batch, experts ≥ 2); got {tuple(weights.shape)}")
         expert_load = reducer.total(weights.float().sum(dim=0)) / reducer.count(
-            torch.tensor(float(weights.shape[0]), device=weights.device))
+            torch.tensor(float(weights.shape[0]), device=weights.device)
+        )
         terms.append(expert_load.var() / expert_load.mean().square().clamp_min(1e-12))
     return torch.stack(terms).sum() if terms else torch.zeros(())
 

@@ -141,8 +141,11 @@ class Manifest:
             entry: dict[str, Any] = {"folder": store.folder}
             if task in _CLASS_TASKS:
                 palette = spec.palettes.get(task, "voc")
-                entry.update(classes=list(spec.class_names[task]), ignore=store.ignore,
-                             colors=palette if isinstance(palette, str) else [list(c) for c in palette])
+                entry.update(
+                    classes=list(spec.class_names[task]),
+                    ignore=store.ignore,
+                    colors=palette if isinstance(palette, str) else [list(c) for c in palette],
+                )
             elif task == "depth":
                 entry["encoding"] = store.encoding
                 if store.encoding == "png16":
@@ -151,9 +154,13 @@ class Manifest:
             elif task == "edge":
                 entry.update(tolerance=spec.edge_max_dist, pos_weight=spec.edge_pos_weight, gt_boundary=spec.edge_gt)
             tasks[task] = entry
-        return {"version": FORMAT_VERSION, "name": spec.name,
-                "images": {"folder": self.images.folder, "suffix": self.images.suffix},
-                "splits": dict(self.splits), "tasks": tasks}
+        return {
+            "version": FORMAT_VERSION,
+            "name": spec.name,
+            "images": {"folder": self.images.folder, "suffix": self.images.suffix},
+            "splits": dict(self.splits),
+            "tasks": tasks,
+        }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -181,8 +188,9 @@ class _Problems:
                 self.add(f"{key}.{k}" if key else str(k), f"unknown key; allowed here: {', '.join(allowed)}")
         return {k: v for k, v in value.items() if k in allowed}
 
-    def number(self, value: Any, key: str, low: float, high: float, *, low_open: bool = True,
-               high_open: bool = True) -> float | None:
+    def number(
+        self, value: Any, key: str, low: float, high: float, *, low_open: bool = True, high_open: bool = True
+    ) -> float | None:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if ok:
             ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
@@ -286,8 +294,11 @@ def parse_manifest(data: Any, root: str | os.PathLike, source: str | os.PathLike
 
     splits: dict[str, str] = {}
     if "splits" not in top:
-        p.add("splits", "missing; expected a mapping of split name -> list file, e.g. {train: splits/train.txt, "
-                        "val: splits/val.txt}")
+        p.add(
+            "splits",
+            "missing; expected a mapping of split name -> list file, e.g. {train: splits/train.txt, "
+            "val: splits/val.txt}",
+        )
     elif not isinstance(top["splits"], Mapping) or not top["splits"]:
         p.add("splits", f"expected a mapping of split name -> list file, got {_show(top['splits'])}")
     else:
@@ -304,13 +315,20 @@ def parse_manifest(data: Any, root: str | os.PathLike, source: str | os.PathLike
     num_outputs: dict[str, int] = {}
     class_names: dict[str, tuple[str, ...]] = {}
     palettes: dict[str, Any] = {}
-    edge = {"edge_max_dist": DEFAULT_EDGE_TOLERANCE, "edge_pos_weight": DEFAULT_EDGE_POS_WEIGHT, "edge_gt": "thin"}
+    edge: dict[str, Any] = {
+        "edge_max_dist": DEFAULT_EDGE_TOLERANCE,
+        "edge_pos_weight": DEFAULT_EDGE_POS_WEIGHT,
+        "edge_gt": "thin",
+    }
     max_depth = 80.0
     if tasks_entry is None:
         p.add("tasks", f"missing; expected a mapping of task -> its encoding, tasks among {', '.join(TASKS)}")
     elif not isinstance(tasks_entry, Mapping) or not tasks_entry:
-        p.add("tasks", f"expected a non-empty mapping of task -> its encoding (tasks among {', '.join(TASKS)}), "
-                       f"got {_show(tasks_entry)}")
+        p.add(
+            "tasks",
+            f"expected a non-empty mapping of task -> its encoding (tasks among {', '.join(TASKS)}), "
+            f"got {_show(tasks_entry)}",
+        )
     else:
         for task, options in tasks_entry.items():
             key = f"tasks.{task}"
@@ -332,8 +350,11 @@ def parse_manifest(data: Any, root: str | os.PathLike, source: str | os.PathLike
                 encoding = o.get("encoding")
                 if encoding not in DEPTH_ENCODINGS:
                     what = "missing" if encoding is None else f"got {_show(encoding)}"
-                    p.add(f"{key}.encoding", f"{what}; expected png16 (16-bit PNG, `scale` units per metre, "
-                                             "default 1000 = millimetres) or npy (float metres)")
+                    p.add(
+                        f"{key}.encoding",
+                        f"{what}; expected png16 (16-bit PNG, `scale` units per metre, "
+                        "default 1000 = millimetres) or npy (float metres)",
+                    )
                     encoding = "png16"
                 scale = 1000.0
                 if "scale" in o:
@@ -343,8 +364,9 @@ def parse_manifest(data: Any, root: str | os.PathLike, source: str | os.PathLike
                         scale = p.number(o["scale"], f"{key}.scale", 0, math.inf) or scale
                 if "max_depth" in o:
                     max_depth = p.number(o["max_depth"], f"{key}.max_depth", 0, math.inf) or max_depth
-                storage[task] = TaskStorage(task, folder, f".{encoding}" if encoding == "npy" else ".png",
-                                            encoding, scale=scale)
+                storage[task] = TaskStorage(
+                    task, folder, f".{encoding}" if encoding == "npy" else ".png", encoding, scale=scale
+                )
                 num_outputs[task] = 1
             elif task == "normals":
                 storage[task] = TaskStorage(task, folder, ".png", "normals")
@@ -353,8 +375,9 @@ def parse_manifest(data: Any, root: str | os.PathLike, source: str | os.PathLike
                 if "tolerance" in o:
                     edge["edge_max_dist"] = p.number(o["tolerance"], f"{key}.tolerance", 0, 1) or edge["edge_max_dist"]
                 if "pos_weight" in o:
-                    edge["edge_pos_weight"] = (p.number(o["pos_weight"], f"{key}.pos_weight", 0, 1)
-                                               or edge["edge_pos_weight"])
+                    edge["edge_pos_weight"] = (
+                        p.number(o["pos_weight"], f"{key}.pos_weight", 0, 1) or edge["edge_pos_weight"]
+                    )
                 gt = o.get("gt_boundary", "thin")
                 if gt not in EDGE_GT_CONVENTIONS:
                     p.add(f"{key}.gt_boundary", f"expected one of {list(EDGE_GT_CONVENTIONS)}, got {_show(gt)}")
@@ -368,14 +391,23 @@ def parse_manifest(data: Any, root: str | os.PathLike, source: str | os.PathLike
         folders: dict[str, str] = {images.folder: "images"}
         for task, store in storage.items():
             if store.folder in folders:
-                p.add(f"tasks.{task}.folder", f"{store.folder!r} is also the folder of {folders[store.folder]}; "
-                                              "expected a folder of its own")
+                p.add(
+                    f"tasks.{task}.folder",
+                    f"{store.folder!r} is also the folder of {folders[store.folder]}; expected a folder of its own",
+                )
             folders.setdefault(store.folder, task)
 
     if p.lines:
         raise ManifestError(source, p.lines)
-    spec = DatasetSpec(name=name, tasks=tuple(storage), num_outputs=num_outputs, class_names=class_names,
-                       palettes={t: v for t, v in palettes.items() if v != "voc"}, max_depth=max_depth, **edge)
+    spec = DatasetSpec(
+        name=name,
+        tasks=tuple(storage),
+        num_outputs=num_outputs,
+        class_names=class_names,
+        palettes={t: v for t, v in palettes.items() if v != "voc"},
+        max_depth=max_depth,
+        **edge,
+    )
     return Manifest(root=root, spec=spec, images=images, storage=storage, splits=splits)
 
 
@@ -397,8 +429,9 @@ def read_manifest(root: str | os.PathLike) -> Manifest:
             return _CACHE[key]
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ManifestError(path, ["missing; a generic dataset folder is described by its dataset.yaml (see "
-                                   "docs/dataset-format.md)"]) from None
+        raise ManifestError(
+            path, ["missing; a generic dataset folder is described by its dataset.yaml (see docs/dataset-format.md)"]
+        ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ManifestError(path, [f"cannot be read ({e})"]) from None
     try:
@@ -420,8 +453,13 @@ def manifest_yaml(manifest: Manifest) -> str:
     """The text of a ``dataset.yaml`` for ``manifest``: every default written out, one class per line with its
     label value in a comment (:func:`read_manifest` reads it back to an equal manifest)."""
     data = manifest.to_dict()
-    lines = ["# pamm dataset manifest; the format: docs/dataset-format.md", f"version: {data['version']}",
-             f"name: {_scalar(data['name'])}", f"images: {_scalar(data['images'])}", "splits:"]
+    lines = [
+        "# pamm dataset manifest; the format: docs/dataset-format.md",
+        f"version: {data['version']}",
+        f"name: {_scalar(data['name'])}",
+        f"images: {_scalar(data['images'])}",
+        "splits:",
+    ]
     lines += [f"  {_scalar(split)}: {_scalar(path)}" for split, path in data["splits"].items()]
     lines.append("tasks:")
     for task, entry in data["tasks"].items():

@@ -74,8 +74,9 @@ def task_png(task: str, value: np.ndarray, dataset: str | DatasetSpec) -> Image.
     raise ValueError(f"unknown task {task!r}")
 
 
-def encode_prediction(stem: str, prediction: Mapping[str, np.ndarray], image: np.ndarray, meta: Any,
-                      panel: bool = True) -> dict[str, bytes]:
+def encode_prediction(
+    stem: str, prediction: Mapping[str, np.ndarray], image: np.ndarray, meta: Any, panel: bool = True
+) -> dict[str, bytes]:
     """An image's output files in memory: file name -> content (module docstring).
 
     Args:

@@ -84,8 +84,9 @@ def find_inputs(arguments: Sequence[str | os.PathLike]) -> list[Path]:
         elif path.is_dir():
             listed = sorted(p for p in path.iterdir() if p.is_file() and (p.suffix.lower() in suffixes or is_video(p)))
             if not listed:
-                raise InputError(f"{path}: a folder without images or videos (looked for files named *.jpg, *.png, "
-                                 f"*.mp4, ...)")
+                raise InputError(
+                    f"{path}: a folder without images or videos (looked for files named *.jpg, *.png, *.mp4, ...)"
+                )
             found += listed
         elif any(c in str(argument) for c in "*?["):
             matches = sorted(Path(p) for p in glob.glob(str(argument), recursive=True) if Path(p).is_file())
@@ -170,9 +171,16 @@ def _predict_video(predictor: ImagePredictor, path: Path, target: Path, tasks: S
         return write_video(target, frames(), reader.fps)
 
 
-def predict_files(predictor: ImagePredictor, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
-                  tasks: Sequence[str] | None = None, panel: bool = True, overwrite: bool = False,
-                  progress: bool = False) -> PredictReport:
+def predict_files(
+    predictor: ImagePredictor,
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    tasks: Sequence[str] | None = None,
+    panel: bool = True,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> PredictReport:
     """Predict image and video files and write the results into ``out_dir`` (module docstring).
 
     Args:
@@ -199,8 +207,10 @@ def predict_files(predictor: ImagePredictor, inputs: Sequence[str | os.PathLike]
     tasks = predictor.predictor.check_tasks(tasks)
     out = Path(out_dir)
     stems = _unique_stems(paths)
-    targets = [[f"{stem}_panel.mp4"] if is_video(path) else output_names(stem, tasks, panel)
-               for path, stem in zip(paths, stems)]
+    targets = [
+        [f"{stem}_panel.mp4"] if is_video(path) else output_names(stem, tasks, panel)
+        for path, stem in zip(paths, stems)
+    ]
     if any(is_video(p) for p in paths):
         require_av()
     _prepare_folder(out)
@@ -208,12 +218,13 @@ def predict_files(predictor: ImagePredictor, inputs: Sequence[str | os.PathLike]
         existing = [out / name for names in targets for name in names if (out / name).exists()]
         if existing:
             more = f" and {len(existing) - 1} more output file(s)" if len(existing) > 1 else ""
-            raise InputError(f"{existing[0]}{more} exist already; pass --overwrite (overwrite=True) to replace them, "
-                             f"or choose another output folder")
+            raise InputError(
+                f"{existing[0]}{more} exist already; pass --overwrite (overwrite=True) to replace them, "
+                f"or choose another output folder"
+            )
     report = PredictReport()
     pending: list[tuple[Path, str, torch.Tensor, np.ndarray]] = []
-    bar = tqdm(total=len(paths), unit="file", desc="predict", disable=not progress, dynamic_ncols=True,
-               file=sys.stderr)
+    bar = tqdm(total=len(paths), unit="file", desc="predict", disable=not progress, dynamic_ncols=True, file=sys.stderr)
 
     def flush() -> None:
         if not pending:

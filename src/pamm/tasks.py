@@ -42,6 +42,11 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
+def _rgb(colour: Sequence) -> tuple[int, int, int]:
+    red, green, blue = (int(v) for v in colour)
+    return red, green, blue
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """A dataset's label space: its tasks, output channels per task and the constants its losses and metrics use.
@@ -83,37 +88,54 @@ class DatasetSpec:
             return self.tasks
         unknown = [t for t in tasks if t not in self.tasks]
         if unknown:
-            raise InputError(f"{source}: {', '.join(map(repr, unknown))} not annotated by dataset {self.name!r} "
-                             f"(its tasks: {', '.join(self.tasks)})")
+            raise InputError(
+                f"{source}: {', '.join(map(repr, unknown))} not annotated by dataset {self.name!r} "
+                f"(its tasks: {', '.join(self.tasks)})"
+            )
         return tuple(t for t in self.tasks if t in tasks)
 
     def to_dict(self) -> dict:
         """A JSON-able dict (lists for tuples) that :meth:`from_dict` turns back into an equal spec."""
         palettes = {t: p if isinstance(p, str) else [list(c) for c in p] for t, p in self.palettes.items()}
-        return {"name": self.name, "tasks": list(self.tasks), "num_outputs": dict(self.num_outputs),
-                "edge_pos_weight": self.edge_pos_weight, "edge_max_dist": self.edge_max_dist,
-                "class_names": {t: list(n) for t, n in self.class_names.items()}, "edge_gt": self.edge_gt,
-                "max_depth": self.max_depth, "palettes": palettes}
+        return {
+            "name": self.name,
+            "tasks": list(self.tasks),
+            "num_outputs": dict(self.num_outputs),
+            "edge_pos_weight": self.edge_pos_weight,
+            "edge_max_dist": self.edge_max_dist,
+            "class_names": {t: list(n) for t, n in self.class_names.items()},
+            "edge_gt": self.edge_gt,
+            "max_depth": self.max_depth,
+            "palettes": palettes,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping) -> DatasetSpec:
         """The spec of :meth:`to_dict`'s output (e.g. read from a checkpoint); a ValueError names what is wrong."""
         try:
-            palettes = {t: p if isinstance(p, str) else tuple(tuple(int(v) for v in c) for c in p)
-                        for t, p in dict(data.get("palettes", {})).items()}
-            spec = cls(name=str(data["name"]), tasks=tuple(data["tasks"]),
-                       num_outputs={t: int(k) for t, k in data["num_outputs"].items()},
-                       edge_pos_weight=float(data["edge_pos_weight"]), edge_max_dist=float(data["edge_max_dist"]),
-                       class_names={t: tuple(str(n) for n in names) for t, names in data["class_names"].items()},
-                       edge_gt=str(data.get("edge_gt", "thin")), max_depth=float(data.get("max_depth", 80.0)),
-                       palettes=palettes)
+            palettes = {
+                t: p if isinstance(p, str) else tuple(_rgb(c) for c in p)
+                for t, p in dict(data.get("palettes", {})).items()
+            }
+            spec = cls(
+                name=str(data["name"]),
+                tasks=tuple(data["tasks"]),
+                num_outputs={t: int(k) for t, k in data["num_outputs"].items()},
+                edge_pos_weight=float(data["edge_pos_weight"]),
+                edge_max_dist=float(data["edge_max_dist"]),
+                class_names={t: tuple(str(n) for n in names) for t, names in data["class_names"].items()},
+                edge_gt=str(data.get("edge_gt", "thin")),
+                max_depth=float(data.get("max_depth", 80.0)),
+                palettes=palettes,
+            )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"not a dataset spec ({type(e).__name__}: {e})") from None
         problems = [t for t in spec.tasks if t not in TASKS or t not in spec.num_outputs]
         problems += [t for t, names in spec.class_names.items() if len(names) != spec.num_outputs.get(t)]
         if problems or spec.edge_gt not in EDGE_GT_CONVENTIONS:
-            raise ValueError(f"not a consistent dataset spec (tasks or class names of {problems}, edge_gt "
-                             f"{spec.edge_gt!r})")
+            raise ValueError(
+                f"not a consistent dataset spec (tasks or class names of {problems}, edge_gt {spec.edge_gt!r})"
+            )
         return spec
 
 
@@ -124,11 +146,15 @@ def label_space_difference(trained: DatasetSpec, data: DatasetSpec, tasks: Seque
         if task not in data.tasks:
             return f"the data has no {task} annotation"
         if trained.num_outputs.get(task) != data.num_outputs.get(task):
-            return (f"{task} has {data.num_outputs.get(task)} outputs in the data, {trained.num_outputs.get(task)} "
-                    f"in the model")
+            return (
+                f"{task} has {data.num_outputs.get(task)} outputs in the data, {trained.num_outputs.get(task)} "
+                f"in the model"
+            )
         if trained.class_names.get(task) != data.class_names.get(task):
-            return (f"{task} classes differ: the model's are {list(trained.class_names.get(task, ()))}, the "
-                    f"data's {list(data.class_names.get(task, ()))}")
+            return (
+                f"{task} classes differ: the model's are {list(trained.class_names.get(task, ()))}, the "
+                f"data's {list(data.class_names.get(task, ()))}"
+            )
     return None
 
 
@@ -189,8 +215,9 @@ def dataset_spec(dataset: str | DatasetSpec, root: str | PathLike | None = None)
         return dataset
     if dataset == GENERIC:
         if root is None:
-            raise InputError("the generic dataset is described by the dataset.yaml of its folder; give its root "
-                             "(data.root)")
+            raise InputError(
+                "the generic dataset is described by the dataset.yaml of its folder; give its root (data.root)"
+            )
         from .manifest import read_manifest
 
         return read_manifest(root).spec

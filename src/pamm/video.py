@@ -42,8 +42,9 @@ def require_av():
     try:
         import av
     except ImportError:
-        raise ResourceError("videos need PyAV, which is not installed: pip install 'pamm[video]' (or pip install "
-                            "av)") from None
+        raise ResourceError(
+            "videos need PyAV, which is not installed: pip install 'pamm[video]' (or pip install av)"
+        ) from None
     return av
 
 
@@ -135,8 +136,10 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: Frac
                         stream.height, stream.width = frame.shape[:2]
                         stream.pix_fmt = "yuv420p"
                     elif frame.shape[:2] != (stream.height, stream.width):
-                        raise ValueError(f"frame {count} is {frame.shape[0]}x{frame.shape[1]}, the video "
-                                         f"{stream.height}x{stream.width}; every frame must have one size")
+                        raise ValueError(
+                            f"frame {count} is {frame.shape[0]}x{frame.shape[1]}, the video "
+                            f"{stream.height}x{stream.width}; every frame must have one size"
+                        )
                     container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
                     count += 1
                 if stream is None:

@@ -193,16 +193,17 @@ def colorize_probability(prob: Any) -> np.ndarray:
 def depth_range(*depths: Any, low: float = 1.0, high: float = 99.0) -> tuple[float, float]:
     """A shared colour range (metres) for depth maps: the ``low``-th and ``high``-th percentiles of their finite,
     non-negative values together (robust to a few outliers); (0, 1) when there are none."""
-    values = [d[np.isfinite(d) & (d >= 0)] for d in (_plane(x, "a depth map") for x in depths if x is not None)]
-    values = np.concatenate(values) if values else np.zeros(0)
+    parts = [d[np.isfinite(d) & (d >= 0)] for d in (_plane(x, "a depth map") for x in depths if x is not None)]
+    values = np.concatenate(parts) if parts else np.zeros(0)
     if values.size == 0:
         return 0.0, 1.0
     vmin, vmax = (float(v) for v in np.percentile(values, [low, high]))
     return vmin, max(vmax, vmin + 1e-3)
 
 
-def colorize_maps(maps: Mapping[str, Any], meta: Any, depth_limits: tuple[float, float] | None = None
-                  ) -> dict[str, np.ndarray]:
+def colorize_maps(
+    maps: Mapping[str, Any], meta: Any, depth_limits: tuple[float, float] | None = None
+) -> dict[str, np.ndarray]:
     """Colour pictures RGB uint8 (H, W, 3) of predicted maps (formats of the module docstring), as panels show them.
 
     Args:
@@ -322,8 +323,15 @@ def _block_max(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.maximum.reduceat(np.maximum.reduceat(array, rows, axis=0), cols, axis=1)
 
 
-def _render(task: str, full: np.ndarray, size: tuple[int, int], dataset: str | DatasetSpec,
-            depth_limits: tuple[float, float], width: int, target: bool) -> tuple[Image.Image, Image.Image | None]:
+def _render(
+    task: str,
+    full: np.ndarray,
+    size: tuple[int, int],
+    dataset: str | DatasetSpec,
+    depth_limits: tuple[float, float],
+    width: int,
+    target: bool,
+) -> tuple[Image.Image, Image.Image | None]:
     """(display tile, legend or scale bar) of one task map ``full`` (``target``: ground truth)."""
     shown = _block_max(full, size) if task == "edge" else _sample(full, size)
     if task in ("semseg", "human_parts"):
@@ -340,8 +348,15 @@ def _render(task: str, full: np.ndarray, size: tuple[int, int], dataset: str | D
     raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
 
 
-def make_panel(image: Any, predictions: Mapping[str, Any], targets: Mapping[str, Any] | None = None, *,
-               meta: Any, tile_size: int = 320, depth_limits: tuple[float, float] | None = None) -> Image.Image:
+def make_panel(
+    image: Any,
+    predictions: Mapping[str, Any],
+    targets: Mapping[str, Any] | None = None,
+    *,
+    meta: Any,
+    tile_size: int = 320,
+    depth_limits: tuple[float, float] | None = None,
+) -> Image.Image:
     """One picture of an image's predictions (and ground truth).
 
     Args:
@@ -395,19 +410,21 @@ def make_panel(image: Any, predictions: Mapping[str, Any], targets: Mapping[str,
                 continue
             tile, extra = _render(task, row[task], size, dataset, depth_limits, column, target=r > 0)
             cells[-1].append((title, tile, extra))
-    row_heights = [header + size[0] + max((3 + e.height for _, _, e in row if e is not None), default=0)
-                   for row in cells]
-    panel = Image.new("RGB", (gap + (len(tasks) + 1) * (column + gap), gap + sum(h + gap for h in row_heights)),
-                      _BACKGROUND)
+    row_heights = [
+        header + size[0] + max((3 + e.height for _, _, e in row if e is not None), default=0) for row in cells
+    ]
+    panel = Image.new(
+        "RGB", (gap + (len(tasks) + 1) * (column + gap), gap + sum(h + gap for h in row_heights)), _BACKGROUND
+    )
     draw = ImageDraw.Draw(panel)
     y = gap
-    for row, row_height in zip(cells, row_heights):
-        for c, (title, tile, extra) in enumerate(row):
+    for cell_row, row_height in zip(cells, row_heights):
+        for c, (title, picture, legend) in enumerate(cell_row):
             x = gap + c * (column + gap)
             draw.text((x, y + 1), title, fill=_TEXT, font=_font())
-            if tile is not None:
-                panel.paste(tile, (x + (column - size[1]) // 2, y + header))
-            if extra is not None:
-                panel.paste(extra, (x, y + header + size[0] + 3))
+            if picture is not None:
+                panel.paste(picture, (x + (column - size[1]) // 2, y + header))
+            if legend is not None:
+                panel.paste(legend, (x, y + header + size[0] + 3))
         y += row_height + gap
     return panel

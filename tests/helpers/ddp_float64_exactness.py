@@ -21,8 +21,16 @@ from pamm.engine.distributed import sync_batchnorm
 torch.set_num_threads(1)
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
-cfg = load_config("demo", {"model.dim": 32, "model.router_noise": False, "model.backbone.drop_path": 0.0,
-                           "model.backbone.weights": None, "model.backbone.pretrained": False})
+cfg = load_config(
+    "demo",
+    {
+        "model.dim": 32,
+        "model.router_noise": False,
+        "model.backbone.drop_path": 0.0,
+        "model.backbone.weights": None,
+        "model.backbone.pretrained": False,
+    },
+)
 torch.manual_seed(0)
 model = pamm.build_model(cfg, load_backbone_weights=False).double().train()
 pooled = sync_batchnorm(copy.deepcopy(model), torch.device("cpu"))
@@ -51,8 +59,11 @@ for p, q in zip(model.parameters(), pooled.parameters()):
     ref.append(p.grad.flatten())
 grads, ref = torch.cat(grads), torch.cat(ref)
 converted = collections.Counter(type(m).__name__ for m in pooled.modules() if "BatchNorm" in type(m).__name__)
-report = {"output_rel_err": out_err, "grad_rel_err": ((grads - ref).norm() / ref.norm()).item(),
-          "converted": dict(converted)}
+report = {
+    "output_rel_err": out_err,
+    "grad_rel_err": ((grads - ref).norm() / ref.norm()).item(),
+    "converted": dict(converted),
+}
 with open(f"{sys.argv[1]}{rank}.json", "w") as f:
     json.dump(report, f)
 dist.destroy_process_group()

@@ -15,7 +15,9 @@ from pamm.data.pascal import PascalContext
 from pamm.data.transforms import build_transforms
 
 DATASET_CLASSES: dict[str, type[MultiTaskDataset]] = {
-    "nyud": NYUDv2, "pascal": PascalContext, "generic": GenericDataset,
+    "nyud": NYUDv2,
+    "pascal": PascalContext,
+    "generic": GenericDataset,
 }
 
 

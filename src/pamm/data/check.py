@@ -17,12 +17,21 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pamm.data.dataset import Layout, MultiTaskDataset, image_size_mismatches, locate_files, read_split
+import numpy as np
+
+from pamm.data.dataset import (
+    Layout,
+    MultiTaskDataset,
+    decoded_array,
+    image_size_mismatches,
+    locate_files,
+    read_split,
+)
 from pamm.data.generic import generic_layout
 from pamm.data.io import DatasetError
 from pamm.data.nyud import NYUD_LAYOUT
@@ -56,7 +65,7 @@ def _problem(path, message: str) -> Problem:
 def _check_image(layout: Layout, image_id: str, paths: dict[str, Path | None]) -> list[Problem]:
     """Decode every present file of one image and compare their sizes with the image's."""
     problems = []
-    decoded = {}
+    decoded: dict[str, np.ndarray | None] = {}
     for kind, path in paths.items():
         if path is None:
             continue
@@ -67,7 +76,7 @@ def _check_image(layout: Layout, image_id: str, paths: dict[str, Path | None]) -
         except Exception as err:  # an unforeseen failure must not stop the scan of the other files
             problems.append(_problem(path, f"unexpected error while reading ({type(err).__name__}: {err})"))
     if "image" in decoded:
-        image_height, image_width = decoded["image"].shape[:2]
+        image_height, image_width = decoded_array(decoded, "image").shape[:2]
         for kind, (height, width) in image_size_mismatches(decoded):
             problems.append(
                 _problem(paths[kind], f"size {height}x{width} differs from the image's {image_height}x{image_width}")
@@ -143,7 +152,7 @@ def check_dataset(
 
     workers = workers or min(16, 2 * (os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda item: _check_image(layout, *item), to_read.items())
+        results: Iterable[list[Problem]] = pool.map(lambda item: _check_image(layout, *item), to_read.items())
         if progress:
             from tqdm import tqdm
 
@@ -185,10 +194,10 @@ class ValidationReport:
 
 def _probe_sample(layout: Layout, paths: dict[str, Path]) -> str:
     """Validate one sample's files the fast way; returns "" when it loads, else the first problem."""
-    sizes = {}
+    sizes: dict[str, tuple[int, ...] | None] = {}
     try:
         for kind, path in paths.items():
-            size = None
+            size: tuple[int, ...] | None = None
             if kind in layout.probes:
                 probe_kind, what = layout.probes[kind]
                 size = probe_image(path, probe_kind, what)
@@ -201,10 +210,13 @@ def _probe_sample(layout: Layout, paths: dict[str, Path]) -> str:
     except Exception as err:  # noqa: BLE001 - an unforeseen reader failure is a bad file, named
         return f"{path}: unexpected error while reading ({type(err).__name__}: {err})"
     image_size = sizes["image"]
+    assert image_size is not None  # an image always decodes to an array
     for kind, size in sizes.items():
         if kind != "image" and size is not None and size != image_size:
-            return (f"{paths[kind]}: size {size[0]}x{size[1]} differs from its image {paths['image']} "
-                    f"({image_size[0]}x{image_size[1]}); expected the same height x width")
+            return (
+                f"{paths[kind]}: size {size[0]}x{size[1]} differs from its image {paths['image']} "
+                f"({image_size[0]}x{image_size[1]}); expected the same height x width"
+            )
     return ""
 
 
@@ -276,16 +288,15 @@ def validate_dataset(
     if todo:
         workers = workers or min(16, 2 * (os.cpu_count() or 1))
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = pool.map(lambda i: _probe_sample(layout, dataset.paths[i]), todo)
+            results: Iterable[str] = pool.map(lambda i: _probe_sample(layout, dataset.paths[i]), todo)
             if progress:
                 from tqdm import tqdm
 
-                results = tqdm(results, total=len(todo), desc=f"validating {dataset.split}", unit="sample",
-                               leave=False)
+                results = tqdm(results, total=len(todo), desc=f"validating {dataset.split}", unit="sample", leave=False)
             for i, verdict in zip(todo, results):
                 verdicts[i] = verdict
         if cache_path is not None:
-            fresh = {signatures[i]: verdicts[i] for i in todo if signatures[i] is not None}
+            fresh = {sig: verdicts[i] for i in todo if (sig := signatures[i]) is not None}
             _write_cache(cache_path, dataset, {**known, **fresh} if len(known) < 200_000 else fresh)
     report.bad = {dataset.ids[i]: verdicts[i] for i in sorted(verdicts) if verdicts[i]}
     report.seconds = time.perf_counter() - tic

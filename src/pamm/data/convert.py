@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pamm.errors import InputError, ResourceError
-from pamm.fs import StagedFolder
+from pamm.fs import StagedFolder, folder_has_contents, unexpected_files
 from pamm.manifest import MANIFEST_FILE, ManifestError, manifest_yaml, parse_manifest, read_manifest
 from pamm.tasks import DATASETS, dataset_spec
 
@@ -50,13 +50,7 @@ def generic_files(root: Path) -> tuple[set[str], list[str]]:
             continue
         for image_id in ids:
             owned.update(example_paths(manifest, image_id).values())
-    others = []
-    for folder, _, names in os.walk(root):
-        for name in names:
-            relative = Path(folder, name).relative_to(root).as_posix()
-            if relative not in owned:
-                others.append(relative)
-    return owned, sorted(others)
+    return owned, unexpected_files(root, owned)
 
 
 def _may_replace(out: Path, root: Path, overwrite: bool) -> bool:
@@ -64,26 +58,26 @@ def _may_replace(out: Path, root: Path, overwrite: bool) -> bool:
     resolved_out, resolved_root = out.resolve(), root.resolve()
     if resolved_out == resolved_root or resolved_root in resolved_out.parents or resolved_out in resolved_root.parents:
         raise InputError(f"out: {str(out)!r} overlaps the source dataset {str(root)!r}; choose a folder outside it")
-    if out.is_symlink():
-        raise InputError(f"out: {str(out)!r} is a symbolic link; pass the folder that should hold the dataset")
-    if not out.exists():
-        return False
-    if not out.is_dir():
-        raise InputError(f"out: {str(out)!r} exists and is not a folder")
-    if not any(out.iterdir()):
+    if not folder_has_contents(out):
         return False
     if not overwrite:
-        raise ConvertOutputExistsError(f"out: {str(out)!r} already exists and is not empty; pass --overwrite "
-                                       "(overwrite=True) to replace the dataset in it, or choose another folder")
+        raise ConvertOutputExistsError(
+            f"out: {str(out)!r} already exists and is not empty; pass --overwrite "
+            "(overwrite=True) to replace the dataset in it, or choose another folder"
+        )
     try:
         _, others = generic_files(out)
     except ManifestError as e:
-        raise ConvertOutputExistsError(f"out: {str(out)!r} is not a generic dataset folder ({e}); it is never "
-                                       "overwritten. Choose another folder, or move it away first") from None
+        raise ConvertOutputExistsError(
+            f"out: {str(out)!r} is not a generic dataset folder ({e}); it is never "
+            "overwritten. Choose another folder, or move it away first"
+        ) from None
     if others:
-        raise ConvertOutputExistsError(f"out: {str(out)!r} holds {len(others)} file(s) that its dataset.yaml does "
-                                       f"not account for (e.g. {others[0]!r}); it is not replaced so that they are "
-                                       "not lost. Move them out, or choose another folder")
+        raise ConvertOutputExistsError(
+            f"out: {str(out)!r} holds {len(others)} file(s) that its dataset.yaml does "
+            f"not account for (e.g. {others[0]!r}); it is not replaced so that they are "
+            "not lost. Move them out, or choose another folder"
+        )
     return True
 
 
@@ -102,9 +96,18 @@ def _bounded_map(function: Callable, items: Sequence, workers: int) -> Iterator:
             yield future.result()
 
 
-def convert_dataset(source: str, root: str | os.PathLike, out: str | os.PathLike, *,
-                    tasks: Sequence[str] | None = None, splits: Iterable[str] | None = None, name: str | None = None,
-                    overwrite: bool = False, progress: bool = True, workers: int | None = None) -> dict:
+def convert_dataset(
+    source: str,
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    tasks: Sequence[str] | None = None,
+    splits: Iterable[str] | None = None,
+    name: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    workers: int | None = None,
+) -> dict:
     """Write the benchmark dataset ``source`` (``"nyud"`` / ``"pascal"``) stored at ``root`` as a generic dataset
     in the folder ``out`` (module docstring).
 
@@ -149,13 +152,19 @@ def convert_dataset(source: str, root: str | os.PathLike, out: str | os.PathLike
     entries = {}
     for task in tasks:
         if task in ("semseg", "human_parts"):
-            entries[task] = {"classes": list(spec.class_names[task]), "ignore": 255,
-                             "colors": spec.palettes.get(task, "voc")}
+            entries[task] = {
+                "classes": list(spec.class_names[task]),
+                "ignore": 255,
+                "colors": spec.palettes.get(task, "voc"),
+            }
         elif task == "depth":
             entries[task] = {"encoding": "npy", "max_depth": spec.max_depth}
         elif task == "edge":
-            entries[task] = {"tolerance": spec.edge_max_dist, "pos_weight": spec.edge_pos_weight,
-                             "gt_boundary": spec.edge_gt}
+            entries[task] = {
+                "tolerance": spec.edge_max_dist,
+                "pos_weight": spec.edge_pos_weight,
+                "gt_boundary": spec.edge_gt,
+            }
         else:
             entries[task] = {}
     image_suffix = DATASET_CLASSES[source].layout.files["image"].suffix
@@ -188,8 +197,10 @@ def convert_dataset(source: str, root: str | os.PathLike, out: str | os.PathLike
     start = time.perf_counter()
     count = 0
     try:
-        with (StagedFolder(out, replace=replacing) as stage,
-              tqdm(total=len(jobs), desc=f"convert {source}", unit="img", disable=not progress) as bar):
+        with (
+            StagedFolder(out, replace=replacing) as stage,
+            tqdm(total=len(jobs), desc=f"convert {source}", unit="img", disable=not progress) as bar,
+        ):
             for files in _bounded_map(encode, jobs, workers):
                 for relative, data in files.items():
                     stage.write_bytes(relative, data)
@@ -202,6 +213,13 @@ def convert_dataset(source: str, root: str | os.PathLike, out: str | os.PathLike
     except ResourceError as e:
         kept = f", and the dataset already in {str(out)!r} is unchanged" if replacing else ""
         raise ResourceError(f"{e}; the partial dataset was removed{kept}", e.errno) from e
-    return {"root": str(out), "source": source, "tasks": list(tasks),
-            "counts": {split: len(dataset) for split, dataset in datasets.items()}, "images": len(jobs),
-            "files": count, "seconds": round(time.perf_counter() - start, 3), "replaced": replacing}
+    return {
+        "root": str(out),
+        "source": source,
+        "tasks": list(tasks),
+        "counts": {split: len(dataset) for split, dataset in datasets.items()},
+        "images": len(jobs),
+        "files": count,
+        "seconds": round(time.perf_counter() - start, 3),
+        "replaced": replacing,
+    }

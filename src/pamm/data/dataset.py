@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -153,17 +154,26 @@ def locate_files(layout: Layout, root: Path, ids: Sequence[str], kinds: Sequence
                 listings[folder] = set(os.listdir(root / folder))
         for image_id, paths in zip(ids, located.paths):
             name = f"{image_id}{spec.suffix}"
-            folder = next((folder for folder in present if name in listings[folder]), None)
-            paths[kind] = None if folder is None else root / folder / name
-            if folder is None and present:
+            found = next((folder for folder in present if name in listings[folder]), None)
+            paths[kind] = None if found is None else root / found / name
+            if found is None and present:
                 message = f"missing file for id {image_id!r} (expected {spec.what})"
                 located.missing_files.append((image_id, spec.describe(root, image_id), message))
     return located
 
 
-def image_size_mismatches(decoded: dict[str, np.ndarray | None]) -> list[tuple[str, tuple[int, ...]]]:
+def decoded_array(decoded: Mapping[str, np.ndarray | None], kind: str) -> np.ndarray:
+    """``decoded[kind]`` for a kind that always decodes to an array (the image, every label but PASCAL's
+    optional human parts)."""
+    array = decoded[kind]
+    if array is None:
+        raise ValueError(f"no {kind} array was decoded")
+    return array
+
+
+def image_size_mismatches(decoded: Mapping[str, np.ndarray | None]) -> list[tuple[str, tuple[int, ...]]]:
     """Kinds whose decoded array's (H, W) differs from the image's, with their sizes."""
-    height, width = decoded["image"].shape[:2]
+    height, width = decoded_array(decoded, "image").shape[:2]
     return [
         (kind, array.shape[:2])
         for kind, array in decoded.items()
@@ -235,7 +245,10 @@ class MultiTaskDataset(Dataset):
                 + (f"; ... and {more} more (run `pamm data check` for the full list)" if more > 0 else ""),
                 path=located.missing_files[0][1],
             )
-        self.paths = located.paths
+        # every file was found (checked above): no None left
+        self.paths: list[dict[str, Path]] = [
+            {kind: path for kind, path in paths.items() if path is not None} for paths in located.paths
+        ]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -248,17 +261,17 @@ class MultiTaskDataset(Dataset):
         """Read, validate and assemble the files of sample ``index`` into a raw (untransformed) sample."""
         paths = self.paths[index]
         decoded = {kind: self.layout.decode(kind, paths[kind]) for kind in self.kinds}
+        image = decoded_array(decoded, "image")
         mismatches = image_size_mismatches(decoded)
         if mismatches:
             kind, size = mismatches[0]
             raise fail(
                 paths[kind],
                 f"size {size[0]}x{size[1]} differs from its image {paths['image']} "
-                f"({decoded['image'].shape[0]}x{decoded['image'].shape[1]}); expected the same height x width",
+                f"({image.shape[0]}x{image.shape[1]}); expected the same height x width",
             )
-        image = decoded["image"]
         height, width = image.shape[:2]
-        sample = {"image": torch.from_numpy(image).permute(2, 0, 1).float()}
+        sample: dict[str, Any] = {"image": torch.from_numpy(image).permute(2, 0, 1).float()}
         sample.update(self.layout.assemble(decoded, self.tasks))
         sample["meta"] = {"id": self.ids[index], "size": (height, width), "valid": (0, 0, height, width)}
         return sample
@@ -270,8 +283,9 @@ class MultiTaskDataset(Dataset):
         if not keep:
             split_file = self.layout.split_path(self.root, self.split)
             first = next(iter(bad.values()), "")
-            raise DatasetError(f"{split_file}: every one of its {len(self.ids)} samples is damaged (first: {first})",
-                               path=split_file)
+            raise DatasetError(
+                f"{split_file}: every one of its {len(self.ids)} samples is damaged (first: {first})", path=split_file
+            )
         self.skipped.update({image_id: bad[image_id] for image_id in self.ids if image_id in bad})
         self.ids = [self.ids[i] for i in keep]
         self.paths = [self.paths[i] for i in keep]
@@ -341,7 +355,7 @@ def collate(samples: Sequence[dict]) -> dict:
     if failed is not None:
         return failed
     keys = samples[0].keys()
-    batch = {}
+    batch: dict[str, Any] = {}
     for key in keys:
         values = [sample[key] for sample in samples]
         if key == "meta":

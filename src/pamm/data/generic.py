@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pamm.data.dataset import FileSpec, Layout, MultiTaskDataset, Transform
+from pamm.data.dataset import FileSpec, Layout, MultiTaskDataset, Transform, decoded_array
+from pamm.data.formats import npy_bytes, png_bytes
 from pamm.data.io import check_range, fail, read_depth_npy, read_label_png, read_rgb_image
 from pamm.manifest import Manifest, read_manifest
 from pamm.tasks import IGNORE_INDEX
@@ -66,8 +67,12 @@ def _decode(manifest: Manifest, kind: str, path: Path) -> np.ndarray:
     if store.encoding == "labels":
         labels = read_label_png(path, what)
         count = manifest.spec.num_outputs[kind]
-        check_range(labels, path, f"0..{count - 1} or {store.ignore} (tasks.{kind}.ignore)",
-                    (labels < count) | (labels == store.ignore))
+        check_range(
+            labels,
+            path,
+            f"0..{count - 1} or {store.ignore} (tasks.{kind}.ignore)",
+            (labels < count) | (labels == store.ignore),
+        )
         return np.where(labels == store.ignore, IGNORE_INDEX, labels).astype(np.int64)
     if store.encoding == "png16":
         values = read_label_png(path, what)
@@ -86,10 +91,10 @@ def _decode(manifest: Manifest, kind: str, path: Path) -> np.ndarray:
     return (values == 255).astype(np.float32 if kind == "edge" else np.int64)
 
 
-def _assemble(decoded: dict[str, np.ndarray], tasks: tuple[str, ...]) -> dict[str, torch.Tensor]:
+def _assemble(decoded: dict[str, np.ndarray | None], tasks: tuple[str, ...]) -> dict[str, torch.Tensor]:
     sample = {}
     for task in tasks:
-        array = decoded[task]
+        array = decoded_array(decoded, task)
         if task == "normals":
             sample[task] = torch.from_numpy(array).permute(2, 0, 1).contiguous()
         elif task in ("depth", "edge"):
@@ -114,7 +119,8 @@ def generic_layout(manifest: Manifest) -> Layout:
         split_files=dict(manifest.splits),
         source=str(manifest.path),
         probes={"image": ("rgb", "an RGB image"), "normals": ("label3", describe_file(manifest, "normals"))}
-        if "normals" in manifest.storage else {"image": ("rgb", "an RGB image")},
+        if "normals" in manifest.storage
+        else {"image": ("rgb", "an RGB image")},
     )
 
 
@@ -126,13 +132,21 @@ class GenericDataset(MultiTaskDataset):
     :class:`~pamm.data.dataset.MultiTaskDataset`.
     """
 
-    def __init__(self, root: str | os.PathLike, split: str = "train", tasks: Sequence[str] | None = None,
-                 transform: Transform | None = None, seed: int = 0, on_error: str = "raise"):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        tasks: Sequence[str] | None = None,
+        transform: Transform | None = None,
+        seed: int = 0,
+        on_error: str = "raise",
+    ):
         self.manifest = read_manifest(root)
         self.spec = self.manifest.spec
         self.layout = generic_layout(self.manifest)
-        super().__init__(root, split, self.spec.select(tasks, f"tasks for {self.manifest.path}"), transform, seed,
-                         on_error)
+        super().__init__(
+            root, split, self.spec.select(tasks, f"tasks for {self.manifest.path}"), transform, seed, on_error
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -150,8 +164,9 @@ def _as_numpy(value) -> np.ndarray:
     return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
 
 
-def encode_targets(manifest: Manifest, image_id: str, targets: Mapping[str, np.ndarray | torch.Tensor]
-                   ) -> dict[str, bytes]:
+def encode_targets(
+    manifest: Manifest, image_id: str, targets: Mapping[str, np.ndarray | torch.Tensor]
+) -> dict[str, bytes]:
     """The files of image ``image_id``'s targets in the manifest's encodings: relative path -> bytes.
 
     ``targets`` holds every task of the manifest as a raw sample does (NumPy or torch): ``semseg`` /
@@ -159,8 +174,6 @@ def encode_targets(manifest: Manifest, image_id: str, targets: Mapping[str, np.n
     (1, H, W) metres, 0 = none; ``normals`` (3, H, W) or (H, W, 3), zero vectors = not annotated; ``edge`` (H, W) or
     (1, H, W) in {0, 1}. A value the encoding cannot hold is a ValueError naming the image.
     """
-    from pamm.data.synth.formats import npy_bytes, png_bytes
-
     files = {}
     paths = example_paths(manifest, image_id)
     for task, store in manifest.storage.items():
@@ -177,13 +190,17 @@ def encode_targets(manifest: Manifest, image_id: str, targets: Mapping[str, np.n
             bad = ~((labels >= 0) & (labels < count) | (labels == IGNORE_INDEX))
             if bad.any():
                 raise ValueError(f"image {image_id!r}: {task} label {int(labels[bad][0])} outside 0..{count - 1}")
-            stored = np.where(labels == IGNORE_INDEX, store.ignore, labels)
-            data = png_bytes(stored.astype(np.uint8 if store.ignore <= 255 else np.uint16))
+            ignore = store.ignore
+            assert ignore is not None  # the manifest gives every labels task one (default 255)
+            stored = np.where(labels == IGNORE_INDEX, ignore, labels)
+            data = png_bytes(stored.astype(np.uint8 if ignore <= 255 else np.uint16))
         elif store.encoding == "png16":
             units = np.rint(value.astype(np.float64) * store.scale)
             if not np.isfinite(units).all() or units.min() < 0 or units.max() > 65535:
-                raise ValueError(f"image {image_id!r}: depth outside 0..{65535 / store.scale:g} m cannot be stored "
-                                 f"in a 16-bit PNG of {store.scale:g} units per metre")
+                raise ValueError(
+                    f"image {image_id!r}: depth outside 0..{65535 / store.scale:g} m cannot be stored "
+                    f"in a 16-bit PNG of {store.scale:g} units per metre"
+                )
             data = png_bytes(units.astype(np.uint16))
         elif store.encoding == "npy":
             data = npy_bytes(value.astype(np.float32))
@@ -196,8 +213,10 @@ def encode_targets(manifest: Manifest, image_id: str, targets: Mapping[str, np.n
         else:  # binary
             flags = value.astype(np.int64)
             if not np.isin(flags, (0, 1)).all():
-                raise ValueError(f"image {image_id!r}: {task} values {np.unique(flags[~np.isin(flags, (0, 1))])[:4]} "
-                                 "cannot be stored; expected 0 or 1 (no ignore value in a 0 / 255 PNG)")
+                raise ValueError(
+                    f"image {image_id!r}: {task} values {np.unique(flags[~np.isin(flags, (0, 1))])[:4]} "
+                    "cannot be stored; expected 0 or 1 (no ignore value in a 0 / 255 PNG)"
+                )
             data = png_bytes((flags * 255).astype(np.uint8))
         files[paths[task]] = data
     return files

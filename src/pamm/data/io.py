@@ -91,8 +91,9 @@ def _open(path: Path, what: str, error: type[DatasetError]) -> Image.Image:
     except UnidentifiedImageError:
         raise fail(path, f"not a readable image (expected the {what})", error) from None
     except Image.DecompressionBombError as err:
-        raise fail(path, f"refused by Pillow's decompression-bomb limit ({err}); expected the {what}",
-                   ImageTooLargeError) from None
+        raise fail(
+            path, f"refused by Pillow's decompression-bomb limit ({err}); expected the {what}", ImageTooLargeError
+        ) from None
     except OSError as err:
         raise fail(path, f"cannot open the image ({err}); expected the {what}", error) from None
 
@@ -102,8 +103,9 @@ def _decode(image: Image.Image, path: Path, what: str, error: type[DatasetError]
     try:
         image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise fail(path, f"corrupt or truncated image ({image.format or 'unknown format'}: {err}); expected the "
-                         f"{what}", error) from None
+        raise fail(
+            path, f"corrupt or truncated image ({image.format or 'unknown format'}: {err}); expected the {what}", error
+        ) from None
 
 
 def _open_decoded(path: Path, what: str) -> Image.Image:
@@ -121,8 +123,9 @@ def _oriented(image: Image.Image) -> Image.Image:
         return image
 
 
-def rgb_from_pil(image: Image.Image, source: str | os.PathLike = "PIL image", what: str = "RGB input image"
-                 ) -> np.ndarray:
+def rgb_from_pil(
+    image: Image.Image, source: str | os.PathLike = "PIL image", what: str = "RGB input image"
+) -> np.ndarray:
     """A decoded image of any mode -> RGB ``uint8 (H, W, 3)`` by the module's rules (EXIF orientation included).
 
     ``source`` names the image in error messages (:class:`ImageReadError`)."""
@@ -130,13 +133,19 @@ def rgb_from_pil(image: Image.Image, source: str | os.PathLike = "PIL image", wh
     if image.mode in _SIXTEEN_BIT_MODES:
         values = np.asarray(image, dtype=np.float64)
         if values.size and (values.min() < 0 or values.max() > 65535):
-            raise fail(source, f"{image.mode} image with values outside 0..65535; expected the {what} with 8- or "
-                               f"16-bit intensities", ImageReadError)
+            raise fail(
+                source,
+                f"{image.mode} image with values outside 0..65535; expected the {what} with 8- or 16-bit intensities",
+                ImageReadError,
+            )
         gray = np.rint(values * (255.0 / 65535.0)).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if image.mode == "F":
-        raise fail(source, f"floating-point image (mode F) is not supported; expected the {what} in 8 or 16 bits",
-                   ImageReadError)
+        raise fail(
+            source,
+            f"floating-point image (mode F) is not supported; expected the {what} in 8 or 16 bits",
+            ImageReadError,
+        )
     try:
         if image.mode in _TRANSPARENT_MODES or "transparency" in image.info:
             rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
@@ -144,8 +153,9 @@ def rgb_from_pil(image: Image.Image, source: str | os.PathLike = "PIL image", wh
             return np.rint(rgba[..., :3] * alpha + _WHITE * (1.0 - alpha)).astype(np.uint8)
         return np.array(image.convert("RGB"), dtype=np.uint8)
     except (ValueError, OSError) as err:
-        raise fail(source, f"cannot convert a {image.mode} image to RGB ({err}); expected the {what}",
-                   ImageReadError) from None
+        raise fail(
+            source, f"cannot convert a {image.mode} image to RGB ({err}); expected the {what}", ImageReadError
+        ) from None
 
 
 def _too_large_hint(width: int, height: int, max_pixels: int, resize: int | None) -> str:
@@ -163,8 +173,9 @@ def check_read_options(max_pixels: int | None, resize: int | None) -> None:
         raise ValueError(f"resize must be a positive long side in pixels, got {resize}")
 
 
-def read_rgb_image(path: str | os.PathLike, what: str = "RGB input image", *, max_pixels: int | None = None,
-                   resize: int | None = None) -> np.ndarray:
+def read_rgb_image(
+    path: str | os.PathLike, what: str = "RGB input image", *, max_pixels: int | None = None, resize: int | None = None
+) -> np.ndarray:
     """Read an image file as RGB ``uint8 (H, W, 3)`` (rules in the module docstring).
 
     Args:
@@ -185,9 +196,12 @@ def read_rgb_image(path: str | os.PathLike, what: str = "RGB input image", *, ma
         scale = 1.0 if resize is None else min(1.0, resize / max(width, height))
         out_w, out_h = max(1, round(width * scale)), max(1, round(height * scale))
         if max_pixels is not None and out_w * out_h > max_pixels:
-            raise fail(path, f"{out_w}x{out_h} = {out_w * out_h:,} pixels is above the limit of {max_pixels:,} "
-                             f"pixels (max_pixels); {_too_large_hint(width, height, max_pixels, resize)}",
-                       ImageTooLargeError)
+            raise fail(
+                path,
+                f"{out_w}x{out_h} = {out_w * out_h:,} pixels is above the limit of {max_pixels:,} "
+                f"pixels (max_pixels); {_too_large_hint(width, height, max_pixels, resize)}",
+                ImageTooLargeError,
+            )
         if scale < 1.0 and image.format == "JPEG":
             image.draft("RGB", (out_w, out_h))  # decode at a reduced DCT scale (still >= the requested size)
         _decode(image, path, what, ImageReadError)

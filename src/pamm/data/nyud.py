@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pamm.data.dataset import FileSpec, Layout, MultiTaskDataset
+from pamm.data.dataset import FileSpec, Layout, MultiTaskDataset, decoded_array
 from pamm.data.io import check_range, read_depth_npy, read_label_png, read_rgb_image
 from pamm.tasks import IGNORE_INDEX, dataset_spec
 
@@ -52,10 +52,10 @@ def _decode(kind: str, path: Path) -> np.ndarray:
     raise KeyError(kind)
 
 
-def _assemble(decoded: dict[str, np.ndarray], tasks: tuple[str, ...]) -> dict[str, torch.Tensor]:
+def _assemble(decoded: dict[str, np.ndarray | None], tasks: tuple[str, ...]) -> dict[str, torch.Tensor]:
     sample = {}
     for task in tasks:
-        array = decoded[task]
+        array = decoded_array(decoded, task)
         if task == "semseg":
             sample[task] = torch.from_numpy(array.astype(np.int64))
         elif task == "normals":

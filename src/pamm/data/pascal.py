@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from pamm.data.dataset import FileSpec, Layout, MultiTaskDataset
+from pamm.data.dataset import FileSpec, Layout, MultiTaskDataset, decoded_array
 from pamm.data.io import DatasetError, check_range, fail, read_label_png, read_mat, read_rgb_image
 from pamm.data.nyud import decode_normals_png
 from pamm.tasks import IGNORE_INDEX, dataset_spec
@@ -187,19 +187,20 @@ def _decode(kind: str, path: Path) -> np.ndarray | None:
 
 
 def _assemble(decoded: dict[str, np.ndarray | None], tasks: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    height, width = decoded["image"].shape[:2]
+    height, width = decoded_array(decoded, "image").shape[:2]
     sample = {}
     for task in tasks:
         if task == "edge":
-            sample[task] = torch.from_numpy(label_boundaries(decoded["label_map"]).astype(np.float32))[None]
+            label_map = decoded_array(decoded, "label_map")
+            sample[task] = torch.from_numpy(label_boundaries(label_map).astype(np.float32))[None]
         elif task == "normals":
-            valid = np.isin(decoded["label_map"], list(NORMALS_VALID_CLASSES))
-            normals = np.where(valid[:, :, None], decoded["normals"], 0.0).astype(np.float32)
+            valid = np.isin(decoded_array(decoded, "label_map"), list(NORMALS_VALID_CLASSES))
+            normals = np.where(valid[:, :, None], decoded_array(decoded, "normals"), 0.0).astype(np.float32)
             sample[task] = torch.from_numpy(normals).permute(2, 0, 1).contiguous()
         elif task == "human_parts" and decoded["human_parts"] is None:
             sample[task] = torch.full((height, width), IGNORE_INDEX, dtype=torch.int64)
         else:  # semseg, human_parts, sal: int64 (H, W)
-            sample[task] = torch.from_numpy(decoded[task])
+            sample[task] = torch.from_numpy(decoded_array(decoded, task))
     return sample
 
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pamm.config import pair
 from pamm.tasks import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,7 +56,7 @@ class Compose:
     def __init__(self, transforms: Sequence):
         self.transforms = list(transforms)
 
-    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+    def __call__(self, sample: dict, rng: np.random.Generator | None) -> dict:
         for transform in self.transforms:
             sample = transform(sample, rng)
         return sample
@@ -301,7 +303,7 @@ class PadCentered:
         if (out_height, out_width) == (height, width):
             return sample
         top, left = (out_height - height) // 2, (out_width - width) // 2
-        out = {}
+        out: dict[str, Any] = {}
         for key in _tensor_keys(sample):
             value = sample[key]
             padded = torch.full((*value.shape[:-2], out_height, out_width), PAD_VALUES[key], dtype=value.dtype)
@@ -355,8 +357,13 @@ class EvalTransform(Compose):
         mean, std: normalisation of RGB in [0, 1].
     """
 
-    def __init__(self, size: tuple[int, int] | None, multiple: int = 16, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD):
+    def __init__(
+        self,
+        size: tuple[int, int] | None,
+        multiple: int = 16,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ):
         self.size = None if size is None else (int(size[0]), int(size[1]))
         self.multiple = int(multiple)
         super().__init__([Normalize(mean, std), PadCentered(self.size, self.multiple), AddIgnoreRegions()])
@@ -398,8 +405,9 @@ class EvalTransform(Compose):
         return f"EvalTransform(size={self.size}, multiple={self.multiple}, {self.transforms[0]!r})"
 
 
-def build_transforms(train: bool, size: tuple[int, int] | None, multiple: int = 16,
-                     scale_range: tuple[float, float] = (0.5, 2.0)) -> Compose:
+def build_transforms(
+    train: bool, size: tuple[int, int] | None, multiple: int = 16, scale_range: tuple[float, float] = (0.5, 2.0)
+) -> Compose:
     """The PAMM augmentation pipeline.
 
     Args:
@@ -419,7 +427,7 @@ def build_transforms(train: bool, size: tuple[int, int] | None, multiple: int = 
             raise ValueError(f"training size {tuple(size)} must be a multiple of {multiple} (or pass multiple=1)")
         return Compose(
             [
-                RandomScale(tuple(scale_range)),
+                RandomScale(pair(scale_range)),
                 RandomCrop(size, cat_max_ratio=0.75, max_retries=10),
                 RandomHorizontalFlip(0.5),
                 PhotometricDistortion(),

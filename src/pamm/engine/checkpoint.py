@@ -61,7 +61,7 @@ def identify_file(path: str | Path) -> str:
     n = int.from_bytes(head[:4], "little")
     if 0 < n <= len(head) - 4:
         try:
-            header = json.loads(head[4: 4 + n])
+            header = json.loads(head[4 : 4 + n])
         except ValueError:
             header = None
         if isinstance(header, dict) and header.get("format") == FORMAT and "sha256" in header:
@@ -91,11 +91,15 @@ def _not_weights(path: Path) -> str | None:
         hint = f" (its best checkpoint is {best})" if best.is_file() else ""
         return f"{path} is a folder, not a checkpoint file; expected a weights file (.safetensors){hint}"
     if kind == "pamm-state":
-        return (f"{path} is a pamm training state (optimizer and RNG states for --resume), not a weights file; "
-                f"the weights are in {_weights_beside(path)}")
+        return (
+            f"{path} is a pamm training state (optimizer and RNG states for --resume), not a weights file; "
+            f"the weights are in {_weights_beside(path)}"
+        )
     if kind == "torch":
-        return (f"{path} is a PyTorch pickle checkpoint, not a pamm weights file (.safetensors); convert the "
-                f"authors' checkpoints with `pamm convert-official`")
+        return (
+            f"{path} is a PyTorch pickle checkpoint, not a pamm weights file (.safetensors); convert the "
+            f"authors' checkpoints with `pamm convert-official`"
+        )
     return None
 
 
@@ -113,7 +117,7 @@ def _digest(tensors: dict[str, Tensor]) -> str:
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
         if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy())  # hashed in place (buffer protocol), no copy
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)  # hashed in place (a memoryview), no copy
     return h.hexdigest()
 
 
@@ -124,10 +128,15 @@ def _weights_writer(path: Path, state_dict: dict[str, Tensor], cfg: Config, extr
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise CheckpointError(f"refusing to write {path}: non-finite values in {', '.join(bad[:5])}"
-                              f"{' ...' if len(bad) > 5 else ''}")
-    meta = {"format": FORMAT, "config": yaml.safe_dump(config_to_dict(cfg), sort_keys=False),
-            "sha256": _digest(tensors), "extra": json.dumps(extra or {})}
+        raise CheckpointError(
+            f"refusing to write {path}: non-finite values in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"
+        )
+    meta = {
+        "format": FORMAT,
+        "config": yaml.safe_dump(config_to_dict(cfg), sort_keys=False),
+        "sha256": _digest(tensors),
+        "extra": json.dumps(extra or {}),
+    }
     return lambda tmp: save_file(tensors, tmp, metadata=meta)
 
 
@@ -138,8 +147,14 @@ def save_weights(path: Path, state_dict: dict[str, Tensor], cfg: Config, extra: 
     atomic_write(Path(path), _weights_writer(Path(path), state_dict, cfg, extra))
 
 
-def save_checkpoint(weights_path: Path, state_path: Path, state_dict: dict[str, Tensor], cfg: Config,
-                    extra: dict[str, Any], state: dict[str, Any]) -> None:
+def save_checkpoint(
+    weights_path: Path,
+    state_path: Path,
+    state_dict: dict[str, Tensor],
+    cfg: Config,
+    extra: dict[str, Any],
+    state: dict[str, Any],
+) -> None:
     """Write a checkpoint, weights and training state, all or nothing: if either cannot be written (disk full,
     non-finite weights) neither file is created or changed."""
     write_weights = _weights_writer(Path(weights_path), state_dict, cfg, extra)
@@ -236,21 +251,40 @@ def config_differences(stored: Config, cfg: Config) -> list[str]:
     def flat(d: dict, prefix: str) -> dict[str, Any]:
         out = {}
         for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "head_bias_init" else
-                       {f"{prefix}{k}": v})
+            out.update(
+                flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "head_bias_init" else {f"{prefix}{k}": v}
+            )
         return out
 
-    a = {"data.dataset": stored.data.dataset, "data.tasks": stored.data.task_list,
-         **flat(config_to_dict(stored.model), "model.")}
-    b = {"data.dataset": cfg.data.dataset, "data.tasks": cfg.data.task_list,
-         **flat(config_to_dict(cfg.model), "model.")}
+    a = {
+        "data.dataset": stored.data.dataset,
+        "data.tasks": stored.data.task_list,
+        **flat(config_to_dict(stored.model), "model."),
+    }
+    b = {
+        "data.dataset": cfg.data.dataset,
+        "data.tasks": cfg.data.task_list,
+        **flat(config_to_dict(cfg.model), "model."),
+    }
     keys = sorted(set(a) | set(b), key=lambda k: (_SHAPING.index(k) if k in _SHAPING else len(_SHAPING), k))
     return [f"{k} {a.get(k)} vs {b.get(k)}" for k in keys if a.get(k) != b.get(k)]
 
 
-_SHAPING = ["data.dataset", "data.tasks", "model.backbone.name", "model.decoder", "model.dim", "model.d_state",
-            "model.expand", "model.experts", "model.num_experts", "model.expert_rank", "model.expert_kernel",
-            "model.priors", "model.x_experts"]
+_SHAPING = [
+    "data.dataset",
+    "data.tasks",
+    "model.backbone.name",
+    "model.decoder",
+    "model.dim",
+    "model.d_state",
+    "model.expand",
+    "model.experts",
+    "model.num_experts",
+    "model.expert_rank",
+    "model.expert_kernel",
+    "model.priors",
+    "model.x_experts",
+]
 """Settings listed first when two configs differ: those that change the model's tensors the most."""
 
 
@@ -259,8 +293,13 @@ def _listed(names: list[str], describe=str, limit: int = _MAX_NAMED) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def check_state_dict_fits(model: torch.nn.Module, state: dict[str, Tensor], source: str,
-                          stored_cfg: Config | None = None, cfg: Config | None = None) -> None:
+def check_state_dict_fits(
+    model: torch.nn.Module,
+    state: dict[str, Tensor],
+    source: str,
+    stored_cfg: Config | None = None,
+    cfg: Config | None = None,
+) -> None:
     """Raise CheckpointError, in one line, if ``state`` does not fit ``model``: first which model the checkpoint
     holds against the config's (``stored_cfg`` vs ``cfg``: names and differing settings), then how many tensors are
     of another shape, missing or unexpected, a few named."""
@@ -274,13 +313,18 @@ def check_state_dict_fits(model: torch.nn.Module, state: dict[str, Tensor], sour
     if stored_cfg is not None and cfg is not None:
         differences = config_differences(stored_cfg, cfg)
         detail = f" (checkpoint vs config: {_listed(differences, limit=6)})" if differences else ""
-        head = (f"{source} is a {stored_cfg.name} checkpoint, the config is {cfg.name}: the model does not fit{detail}"
-                if stored_cfg.name != cfg.name else f"{source} does not fit the model of config {cfg.name}{detail}")
+        head = (
+            f"{source} is a {stored_cfg.name} checkpoint, the config is {cfg.name}: the model does not fit{detail}"
+            if stored_cfg.name != cfg.name
+            else f"{source} does not fit the model of config {cfg.name}{detail}"
+        )
     parts = []
     if shapes:
-        parts.append(f"{len(shapes)} tensor(s) of another shape ("
-                     + _listed(shapes, lambda k: f"{k}: checkpoint {tuple(state[k].shape)} vs model "
-                                                 f"{tuple(own[k].shape)}") + ")")
+        parts.append(
+            f"{len(shapes)} tensor(s) of another shape ("
+            + _listed(shapes, lambda k: f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+            + ")"
+        )
     if missing:
         parts.append(f"{len(missing)} missing ({_listed(missing)})")
     if unexpected:
@@ -332,8 +376,9 @@ def _state_writer(state: dict[str, Any]):
     buf = io.BytesIO()
     torch.save(state, buf)
     payload = buf.getbuffer()
-    header = json.dumps({"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
-                         "size": len(payload)}).encode()
+    header = json.dumps(
+        {"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload)}
+    ).encode()
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
@@ -357,8 +402,8 @@ def load_state(path: Path, verify: bool = True) -> dict[str, Any]:
     raw = path.read_bytes()
     try:
         n = int.from_bytes(raw[:4], "little")
-        header = json.loads(raw[4: 4 + n])
-        payload = memoryview(raw)[4 + n:]
+        header = json.loads(raw[4 : 4 + n])
+        payload = memoryview(raw)[4 + n :]
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"training state {path} is damaged: {e}") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("size") != len(payload):
@@ -368,8 +413,10 @@ def load_state(path: Path, verify: bool = True) -> dict[str, Any]:
     try:
         return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise CheckpointError(f"training state {path} cannot be loaded safely: it holds pickled Python objects "
-                              f"other than tensors and plain data (refused: loading them could run code)") from None
+        raise CheckpointError(
+            f"training state {path} cannot be loaded safely: it holds pickled Python objects "
+            f"other than tensors and plain data (refused: loading them could run code)"
+        ) from None
     except Exception as e:  # noqa: BLE001 - any other reader failure is a damaged file
         raise CheckpointError(f"training state {path} cannot be loaded safely: {_first_line(e)}") from None
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 import numpy as np
 import torch
@@ -16,8 +17,16 @@ from timm.layers import BatchNormAct2d, convert_sync_batchnorm
 from ..errors import ResourceError
 from ..ops.collectives import all_reduce_sum_autograd
 
-__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "all_reduce_sum", "all_reduce_max",
-           "all_reduce_arrays", "broadcast_object", "barrier"]
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "shutdown_distributed",
+    "all_reduce_sum",
+    "all_reduce_max",
+    "all_reduce_arrays",
+    "broadcast_object",
+    "barrier",
+]
 
 
 @dataclass(frozen=True)
@@ -124,12 +133,13 @@ def _global_batch_norm(bn: torch.nn.BatchNorm2d, x: torch.Tensor) -> torch.Tenso
     mean = first[:c] / n
     centred = xf - mean[None, :, None, None]
     var = all_reduce_sum_autograd((centred * centred).sum((0, 2, 3))) / n
-    if bn.track_running_stats:
+    running_mean, running_var, tracked = bn.running_mean, bn.running_var, bn.num_batches_tracked
+    if bn.track_running_stats and running_mean is not None and running_var is not None and tracked is not None:
         with torch.no_grad():
-            bn.num_batches_tracked += 1
-            m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-            bn.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-            bn.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1).clamp_min(1), alpha=m)
+            tracked.add_(1)
+            m = bn.momentum if bn.momentum is not None else 1.0 / float(tracked)
+            running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+            running_var.mul_(1 - m).add_(var.detach() * n / (n - 1).clamp_min(1), alpha=m)
     y = centred * torch.rsqrt(var + bn.eps)[None, :, None, None]
     if bn.affine:
         y = y * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
@@ -159,13 +169,18 @@ class AllReduceBatchNormAct2d(BatchNormAct2d):
         return self.act(self.drop(_global_batch_norm(self, x)))
 
 
-def sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+_Model = TypeVar("_Model", bound=torch.nn.Module)
+
+
+def sync_batchnorm(model: _Model, device: torch.device) -> _Model:
     """BatchNorm over the global batch for every BatchNorm of ``model`` (timm's BatchNormAct2d included, its
     activation kept): timm's / PyTorch's SyncBatchNorm on CUDA, :class:`AllReduceBatchNorm2d` elsewhere.
     Raises TypeError for a BatchNorm subclass it does not know how to pool (rather than silently leaving it
-    per-process or dropping what the subclass adds)."""
+    per-process or dropping what the subclass adds). ``model`` is converted in place and returned (its root is
+    not itself a BatchNorm)."""
     if device.type == "cuda":
-        return convert_sync_batchnorm(model)  # timm's: BatchNormAct2d -> SyncBatchNormAct, BatchNorm2d -> SyncBatchNorm
+        # timm's: BatchNormAct2d -> SyncBatchNormAct, BatchNorm2d -> SyncBatchNorm; children replaced in place
+        return cast(_Model, convert_sync_batchnorm(model))
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             continue
@@ -174,7 +189,9 @@ def sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Mod
         elif type(module) is BatchNormAct2d:
             module.__class__ = AllReduceBatchNormAct2d
         elif not isinstance(module, (AllReduceBatchNorm2d, AllReduceBatchNormAct2d, torch.nn.SyncBatchNorm)):
-            raise TypeError(f"cannot pool the statistics of {name!r} ({type(module).__module__}."
-                            f"{type(module).__qualname__}) over processes: expected torch.nn.BatchNorm2d or "
-                            "timm's BatchNormAct2d")
+            raise TypeError(
+                f"cannot pool the statistics of {name!r} ({type(module).__module__}."
+                f"{type(module).__qualname__}) over processes: expected torch.nn.BatchNorm2d or "
+                "timm's BatchNormAct2d"
+            )
     return model

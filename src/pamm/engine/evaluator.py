@@ -7,6 +7,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,8 +23,17 @@ from ..tasks import label_space_difference, postprocess
 from .distributed import DistInfo, all_reduce_arrays
 from .loading import next_batch, prepare_split, shutdown_workers, worker_init
 
-__all__ = ["evaluate", "evaluate_checkpoint", "write_metrics", "format_table", "compute_baselines", "crop_valid",
-           "autocast_dtype", "eval_transform", "EvaluationStopped"]
+__all__ = [
+    "evaluate",
+    "evaluate_checkpoint",
+    "write_metrics",
+    "format_table",
+    "compute_baselines",
+    "crop_valid",
+    "autocast_dtype",
+    "eval_transform",
+    "EvaluationStopped",
+]
 
 
 class EvaluationStopped(Exception):
@@ -46,25 +56,39 @@ def eval_transform(cfg: Config):
 def crop_valid(t: torch.Tensor, valid: tuple[int, int, int, int]) -> torch.Tensor:
     """Crop the last two dims of ``t`` to the (top, left, height, width) region of the original image."""
     top, left, h, w = valid
-    return t[..., top: top + h, left: left + w]
+    return t[..., top : top + h, left : left + w]
 
 
 def _loader(cfg: Config, dataset: MultiTaskDataset, dist: DistInfo | None, max_images: int | None):
     indices = list(range(len(dataset) if max_images is None else min(max_images, len(dataset))))
     if dist is not None and dist.distributed:
-        indices = indices[dist.rank:: dist.world_size]  # no padding: every image is scored exactly once
+        indices = indices[dist.rank :: dist.world_size]  # no padding: every image is scored exactly once
     subset = torch.utils.data.Subset(LoadGuard(dataset), indices)
     workers = min(cfg.data.workers, len(indices))
-    return DataLoader(subset, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=workers,
-                      collate_fn=collate, worker_init_fn=worker_init if workers else None,
-                      generator=torch.Generator().manual_seed(0)), len(indices)
+    return DataLoader(
+        subset,
+        batch_size=cfg.eval.batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        worker_init_fn=worker_init if workers else None,
+        generator=torch.Generator().manual_seed(0),
+    ), len(indices)
 
 
 @torch.no_grad()  # not inference_mode: tensors a module caches while evaluating (scan orders) are reused in training
-def evaluate(model: torch.nn.Module, cfg: Config, device: torch.device | str = "cpu", dist: DistInfo | None = None,
-             progress: bool = False, amp_dtype: torch.dtype | None = None, split: str = "val",
-             max_images: int | None = None, dataset: MultiTaskDataset | None = None,
-             stop: Callable[[], bool] | None = None) -> dict:
+def evaluate(
+    model: torch.nn.Module,
+    cfg: Config,
+    device: torch.device | str = "cpu",
+    dist: DistInfo | None = None,
+    progress: bool = False,
+    amp_dtype: torch.dtype | None = None,
+    split: str = "val",
+    max_images: int | None = None,
+    dataset: MultiTaskDataset | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> dict:
     """Score ``model`` on ``split``; metrics pooled over the whole split (all processes) per task.
 
     Args:
@@ -85,12 +109,18 @@ def evaluate(model: torch.nn.Module, cfg: Config, device: torch.device | str = "
     tasks = list(meta.tasks) if meta is not None else cfg.data.task_list
     difference = label_space_difference(spec, data_spec, tasks)
     if difference:
-        raise InputError(f"the model was trained on another label space than the data in {cfg.data.root} "
-                         f"({difference})")
+        raise InputError(
+            f"the model was trained on another label space than the data in {cfg.data.root} ({difference})"
+        )
     if dataset is None:
         dataset = prepare_split(cfg, split, eval_transform(cfg), dist)
-    meters = build_meters(spec, tasks, edge=cfg.eval.edge, edge_workers=cfg.eval.edge_workers,
-                          sal_double_sigmoid=cfg.eval.sal_double_sigmoid)
+    meters = build_meters(
+        spec,
+        tasks,
+        edge=cfg.eval.edge,
+        edge_workers=cfg.eval.edge_workers,
+        sal_double_sigmoid=cfg.eval.sal_double_sigmoid,
+    )
     loader, n = _loader(cfg, dataset, dist, max_images)
     was_training = model.training
     model.eval()
@@ -112,8 +142,9 @@ def evaluate(model: torch.nn.Module, cfg: Config, device: torch.device | str = "
                 pred = postprocess(task, outputs[task].float()).cpu()
                 target = batch[task]
                 for i, meta in enumerate(batch["meta"]):
-                    meters[task].update(crop_valid(pred[i: i + 1], meta["valid"]),
-                                        crop_valid(target[i: i + 1], meta["valid"]))
+                    meters[task].update(
+                        crop_valid(pred[i : i + 1], meta["valid"]), crop_valid(target[i : i + 1], meta["valid"])
+                    )
             for meta in batch["meta"]:
                 replaced.update(meta.get("replaced", ()))
             count += images.shape[0]
@@ -130,7 +161,7 @@ def evaluate(model: torch.nn.Module, cfg: Config, device: torch.device | str = "
             if close is not None:
                 close()
         model.train(was_training)
-    results = {}
+    results: dict[str, Any] = {}  # per task its metrics, then "images" and "skipped_samples"
     for task, meter in meters.items():
         state = all_reduce_arrays(meter.state(), device if device.type == "cuda" else torch.device("cpu"))
         meter.reset()
@@ -144,9 +175,15 @@ def evaluate(model: torch.nn.Module, cfg: Config, device: torch.device | str = "
     return results
 
 
-def evaluate_checkpoint(checkpoint: str | Path, cfg: Config | None = None, split: str = "val",
-                        device: torch.device | str | None = None, max_images: int | None = None,
-                        baselines: bool = False, progress: bool = False) -> tuple[dict, Config]:
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    cfg: Config | None = None,
+    split: str = "val",
+    device: torch.device | str | None = None,
+    max_images: int | None = None,
+    baselines: bool = False,
+    progress: bool = False,
+) -> tuple[dict, Config]:
     """Load a weights file (its own config unless ``cfg`` is given), validate ``split`` and score it; with
     ``baselines`` also score the constant predictors fitted on the train split.
 
@@ -159,8 +196,16 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: Config | None = None, split
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg = load_model(Path(checkpoint), device=device, cfg=cfg)
     dataset = prepare_split(cfg, split, eval_transform(cfg), progress=progress)
-    metrics = evaluate(model, cfg, device=device, progress=progress, split=split, max_images=max_images,
-                       amp_dtype=autocast_dtype(cfg.train.amp, device), dataset=dataset)
+    metrics = evaluate(
+        model,
+        cfg,
+        device=device,
+        progress=progress,
+        split=split,
+        max_images=max_images,
+        amp_dtype=autocast_dtype(cfg.train.amp, device),
+        dataset=dataset,
+    )
     if baselines:
         metrics["baselines"] = compute_baselines(cfg, split=split, max_images=max_images)
     return metrics, cfg
@@ -281,7 +326,6 @@ def compute_baselines(cfg: Config, split: str = "val", max_images: int | None = 
             else:
                 pred = torch.full((1, h, w), constants[t], dtype=torch.long)
             meters[t].update(pred, s[t][None])
-    out = {t: meters[t].compute() for t in tasks}
+    out: dict[str, Any] = {t: meters[t].compute() for t in tasks}
     out["constants"] = constants
     return out
-

@@ -29,9 +29,15 @@ from .distributed import DistInfo, broadcast_object
 __all__ = ["prepare_split", "worker_init", "next_batch", "shutdown_workers"]
 
 
-def prepare_split(cfg: Config, split: str, transform, dist: DistInfo | None = None,
-                  log: Callable[..., None] | None = None, warn: Callable[[str], None] | None = None,
-                  progress: bool = False) -> MultiTaskDataset:
+def prepare_split(
+    cfg: Config,
+    split: str,
+    transform,
+    dist: DistInfo | None = None,
+    log: Callable[..., None] | None = None,
+    warn: Callable[[str], None] | None = None,
+    progress: bool = False,
+) -> MultiTaskDataset:
     """The dataset of ``split`` for ``cfg``'s tasks, validated (see the module docstring).
 
     ``log(message, console=...)`` receives the validation summary (shown on the console when it took a second or
@@ -39,20 +45,31 @@ def prepare_split(cfg: Config, split: str, transform, dist: DistInfo | None = No
 
     Returns the dataset, without its damaged samples under ``data.on_error: skip`` (``dataset.skipped`` maps their
     ids to what is wrong); raises :class:`~pamm.data.DatasetError` under ``raise``."""
-    dataset = build_dataset(cfg.data.dataset, cfg.data.root, split, cfg.data.task_list, transform,
-                            seed=cfg.train.seed, on_error=cfg.data.on_error)
+    dataset = build_dataset(
+        cfg.data.dataset,
+        cfg.data.root,
+        split,
+        cfg.data.task_list,
+        transform,
+        seed=cfg.train.seed,
+        on_error=cfg.data.on_error,
+    )
     main = dist is None or dist.is_main
     report = validate_dataset(dataset, progress=progress and main) if main else None
-    if main and log is not None:
-        log(f"validated {report.samples} {split} samples in {report.seconds:.1f} s ({report.cached} cached)",
-            console=report.seconds >= 1.0)
-    bad = broadcast_object(report.bad if main else None)
+    if report is not None and log is not None:
+        log(
+            f"validated {report.samples} {split} samples in {report.seconds:.1f} s ({report.cached} cached)",
+            console=report.seconds >= 1.0,
+        )
+    bad = broadcast_object(report.bad if report is not None else None)
     if bad:
         first = next(iter(bad.values()))
         if cfg.data.on_error != "skip":
-            raise DatasetError(f"{len(bad)} of {len(dataset)} {split} samples are damaged, first: {first} (run "
-                               f"`pamm data check --dataset {cfg.data.dataset} --root {cfg.data.root}` for the full "
-                               f"list, or set data.on_error=skip to leave them out)")
+            raise DatasetError(
+                f"{len(bad)} of {len(dataset)} {split} samples are damaged, first: {first} (run "
+                f"`pamm data check --dataset {cfg.data.dataset} --root {cfg.data.root}` for the full "
+                f"list, or set data.on_error=skip to leave them out)"
+            )
         dataset.exclude(bad)
         if main and warn is not None:
             warn(f"warning: skipping {len(bad)} damaged {split} sample(s) (data.on_error=skip), first: {first}")
@@ -88,8 +105,11 @@ def next_batch(batches: Iterator) -> dict:
         if "DataLoader worker" not in text or not ("killed by signal" in text or "exited unexpectedly" in text):
             raise
         first = text.strip().splitlines()[0].rstrip(".")
-        hint = ("enlarge /dev/shm (docker run --shm-size) or set data.workers=0" if "shared memory" in text
-                else "it was probably out of memory: lower data.workers or train.batch_size")
+        hint = (
+            "enlarge /dev/shm (docker run --shm-size) or set data.workers=0"
+            if "shared memory" in text
+            else "it was probably out of memory: lower data.workers or train.batch_size"
+        )
         raise ResourceError(f"{first}; {hint}") from None
     if isinstance(batch, FailedSample):
         batch.reraise()

@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config import pair
 from ..errors import InputError, ResourceError
 from ..tasks import postprocess
 
@@ -97,8 +98,12 @@ def window_weights(height: int, width: int) -> Tensor:
     return ramp(height)[:, None] * ramp(width)[None, :]
 
 
-def blend_windows(run: Callable[[Tensor], Mapping[str, Tensor]], images: Tensor, window: tuple[int, int],
-                  overlap: float = DEFAULT_OVERLAP) -> dict[str, Tensor]:
+def blend_windows(
+    run: Callable[[Tensor], Mapping[str, Tensor]],
+    images: Tensor,
+    window: tuple[int, int],
+    overlap: float = DEFAULT_OVERLAP,
+) -> dict[str, Tensor]:
     """Raw outputs of ``run`` over images larger than its window, window by window, blended.
 
     Every pixel's output is the weighted mean of the windows covering it, weighted by :func:`window_weights`.
@@ -142,8 +147,7 @@ def _bilinear_taps(source: int, target: int) -> tuple[Tensor, Tensor, Tensor]:
     return first, second, position - first
 
 
-def bilinear_strips(raw: Tensor, size: tuple[int, int], strip_elements: int = _STRIP_ELEMENTS
-                    ) -> Iterator[Tensor]:
+def bilinear_strips(raw: Tensor, size: tuple[int, int], strip_elements: int = _STRIP_ELEMENTS) -> Iterator[Tensor]:
     """``F.interpolate(raw[None], size, mode="bilinear", align_corners=False)[0]`` strip by strip.
 
     Separably, as the full interpolation: the columns first (``F.interpolate`` to (K, h, W), small while h is the
@@ -162,19 +166,19 @@ def bilinear_strips(raw: Tensor, size: tuple[int, int], strip_elements: int = _S
     step = max(1, strip_elements // max(channels * out_w, 1))
     if (height, width) == (out_h, out_w):  # nothing to resample (slide mode at full resolution)
         for start in range(0, out_h, step):
-            yield raw[:, start: start + step]
+            yield raw[:, start : start + step]
         return
     columns = F.interpolate(raw[None], size=(height, out_w), mode="bilinear", align_corners=False)[0]
     upper, lower, weight = (t.to(raw.device) for t in _bilinear_taps(height, out_h))
     weight = weight.to(raw.dtype)
     for start in range(0, out_h, step):
         rows = slice(start, min(start + step, out_h))
-        yield torch.lerp(columns.index_select(1, upper[rows]), columns.index_select(1, lower[rows]),
-                         weight[rows, None])
+        yield torch.lerp(columns.index_select(1, upper[rows]), columns.index_select(1, lower[rows]), weight[rows, None])
 
 
-def resample_postprocess(task: str, raw: Tensor, size: tuple[int, int], strip_elements: int = _STRIP_ELEMENTS
-                         ) -> Tensor:
+def resample_postprocess(
+    task: str, raw: Tensor, size: tuple[int, int], strip_elements: int = _STRIP_ELEMENTS
+) -> Tensor:
     """Resample raw outputs bilinearly to ``size``, then post-process them (:func:`pamm.tasks.postprocess`), a strip
     of rows at a time (:func:`bilinear_strips`): only a strip of the (K, H, W) resampled outputs exists at once. The
     work happens on ``raw``'s device; the result is on the CPU.
@@ -204,6 +208,7 @@ def resample_postprocess(task: str, raw: Tensor, size: tuple[int, int], strip_el
         else:
             out[rows] = value
         row = rows.stop
+    assert out is not None  # size has at least one row: one strip or more
     return out.permute(2, 0, 1) if out.ndim == 3 else out
 
 
@@ -226,9 +231,17 @@ class Predictor:
         batch_size: images (whole) or images per window position (slide) in one forward pass.
     """
 
-    def __init__(self, model: torch.nn.Module, meta: ModelMeta | None = None, device: str | torch.device | None = "cpu",
-                 *, mode: str = "whole", scale: float | None = None, overlap: float = DEFAULT_OVERLAP,
-                 batch_size: int = 8):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        meta: ModelMeta | None = None,
+        device: str | torch.device | None = "cpu",
+        *,
+        mode: str = "whole",
+        scale: float | None = None,
+        overlap: float = DEFAULT_OVERLAP,
+        batch_size: int = 8,
+    ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
         if scale is not None and not scale > 0:
@@ -239,7 +252,7 @@ class Predictor:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval() if isinstance(model, torch.nn.Module) else model
-        self.meta = meta if meta is not None else model.meta
+        self.meta: ModelMeta = meta if meta is not None else cast("ModelMeta", model.meta)
         self.transform = self.meta.transforms()
         self.mode, self.scale, self.overlap, self.batch_size = mode, scale, overlap, batch_size
 
@@ -253,8 +266,9 @@ class Predictor:
             return self.tasks
         unknown = [t for t in tasks if t not in self.tasks]
         if unknown or not tasks:
-            raise ValueError(f"tasks {list(tasks)}: this model predicts {list(self.tasks)}; expected a non-empty "
-                             f"subset of them")
+            raise ValueError(
+                f"tasks {list(tasks)}: this model predicts {list(self.tasks)}; expected a non-empty subset of them"
+            )
         return tuple(tasks)
 
     def _run(self, images: Tensor) -> Mapping[str, Tensor]:
@@ -266,15 +280,15 @@ class Predictor:
         """(b, 3, H, W) prepared images -> {task: float32 (b, K, H, W)}: on the model's device (whole), on the CPU
         (slide: the accumulators of a large image stay in host memory)."""
         if self.mode == "slide":
-            window = tuple(self.meta.train_size)
+            window = pair(self.meta.train_size)
             height, width = images.shape[-2:]
             padded = (max(height, window[0]), max(width, window[1]))
             if padded != (height, width):  # smaller than a window: zero-pad (the normalised mean colour), centred
                 top, left = (padded[0] - height) // 2, (padded[1] - width) // 2
                 canvas = images.new_zeros(*images.shape[:2], *padded)
-                canvas[:, :, top: top + height, left: left + width] = images
+                canvas[:, :, top : top + height, left : left + width] = images
                 out = blend_windows(self._run, canvas, window, self.overlap)
-                return {t: v[:, :, top: top + height, left: left + width] for t, v in out.items()}
+                return {t: v[:, :, top : top + height, left : left + width] for t, v in out.items()}
             return blend_windows(self._run, images, window, self.overlap)
         return {task: value.float() for task, value in self._run(images).items()}
 
@@ -298,11 +312,11 @@ class Predictor:
         with torch.inference_mode():
             for indices in groups.values():
                 for start in range(0, len(indices), self.batch_size):
-                    chunk = indices[start: start + self.batch_size]
+                    chunk = indices[start : start + self.batch_size]
                     outputs = self._forward(torch.stack([samples[i]["image"] for i in chunk]))
                     for k, i in enumerate(chunk):
                         top, left, height, width = samples[i]["meta"]["valid"]
-                        results[i] = {t: v[k, :, top: top + height, left: left + width] for t, v in outputs.items()}
+                        results[i] = {t: v[k, :, top : top + height, left : left + width] for t, v in outputs.items()}
         return results
 
     def predict(self, images: Sequence[Tensor], tasks: Sequence[str] | None = None) -> list[dict[str, Tensor]]:
@@ -316,6 +330,6 @@ class Predictor:
         results = []
         with torch.inference_mode():
             for image, raw in zip(images, self.raw_outputs(images)):
-                size = tuple(image.shape[-2:])
+                size = pair(image.shape[-2:])
                 results.append({task: resample_postprocess(task, raw[task], size) for task in tasks})
         return results

@@ -37,8 +37,16 @@ from ..errors import InputError, ResourceError, describe_os_error
 from ..fs import _pid_alive  # the one "is this process of this host alive" check (shared with StagedFolder)
 from .checkpoint import CheckpointError, load_state, load_weights
 
-__all__ = ["RunLock", "RunLocked", "checkpoint_paths", "checkpoint_steps", "find_resume_checkpoint",
-           "best_checkpoint", "remove_leftover_temporaries", "LOCK_NAME"]
+__all__ = [
+    "RunLock",
+    "RunLocked",
+    "checkpoint_paths",
+    "checkpoint_steps",
+    "find_resume_checkpoint",
+    "best_checkpoint",
+    "remove_leftover_temporaries",
+    "LOCK_NAME",
+]
 
 LOCK_NAME = ".pamm.lock"
 
@@ -58,8 +66,10 @@ def checkpoint_steps(run_dir: str | os.PathLike) -> list[int]:
     return sorted(steps, reverse=True)
 
 
-_TEMPORARY = re.compile(r"^\.(step-\d{7}\.safetensors|step-\d{7}\.state\.pt|best\.safetensors|metrics\.json|"
-                        r"config\.yaml)\..+\.tmp$")
+_TEMPORARY = re.compile(
+    r"^\.(step-\d{7}\.safetensors|step-\d{7}\.state\.pt|best\.safetensors|metrics\.json|"
+    r"config\.yaml)\..+\.tmp$"
+)
 
 
 def remove_leftover_temporaries(run_dir: str | os.PathLike) -> list[Path]:
@@ -119,8 +129,9 @@ def best_checkpoint(run_dir: str | os.PathLike, log: Callable[[str], None] = _wa
             continue
         log(f"note: {run_dir} has no valid best.safetensors; using {weights.name}")
         return weights
-    raise CheckpointError(f"no valid checkpoint in {folder} (expected best.safetensors or step-*.safetensors "
-                          f"written by `pamm train`)")
+    raise CheckpointError(
+        f"no valid checkpoint in {folder} (expected best.safetensors or step-*.safetensors written by `pamm train`)"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -147,8 +158,14 @@ class RunLock:
         return self._fd is not None
 
     def _record(self) -> bytes:
-        return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                           "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": self.command}).encode()
+        return json.dumps(
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "command": self.command,
+            }
+        ).encode()
 
     def holder(self) -> dict:
         """The holder recorded in the lock file (empty if unreadable)."""
@@ -160,10 +177,15 @@ class RunLock:
 
     def _refuse(self) -> RunLocked:
         h = self.holder()
-        who = (f"pid {h.get('pid', '?')} on host {h.get('host', '?')}, started {h.get('started', '?')}" if h
-               else "another process")
-        return RunLocked(f"run folder {self.run_dir} is in use by another training ({who}); wait for it to finish, "
-                         f"stop it, or choose another --out folder")
+        who = (
+            f"pid {h.get('pid', '?')} on host {h.get('host', '?')}, started {h.get('started', '?')}"
+            if h
+            else "another process"
+        )
+        return RunLocked(
+            f"run folder {self.run_dir} is in use by another training ({who}); wait for it to finish, "
+            f"stop it, or choose another --out folder"
+        )
 
     def acquire(self) -> None:
         import fcntl
@@ -222,8 +244,7 @@ class RunLock:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
             except FileExistsError:
                 h = self.holder()
-                if h.get("host") == socket.gethostname() and isinstance(h.get("pid"), int) \
-                        and not _pid_alive(h["pid"]):
+                if h.get("host") == socket.gethostname() and isinstance(h.get("pid"), int) and not _pid_alive(h["pid"]):
                     self.path.unlink(missing_ok=True)  # stale: its process is gone
                     continue
                 raise self._refuse() from None

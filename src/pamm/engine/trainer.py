@@ -34,20 +34,21 @@ import threading
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..config import Config, config_to_dict
+from ..config import Config, config_to_dict, pair
 from ..data import LoadGuard, build_transforms, collate
 from ..errors import InputError, Interrupted, ResourceError, Terminated
 from ..fs import atomic_write_text, make_folders
 from ..losses import LOCAL, DistributedReducer, MultiTaskLoss
-from ..models import build_model
+from ..models import PAMM, build_model
 from ..tasks import label_space_difference
 from .checkpoint import (
     CheckpointError,
@@ -73,6 +74,11 @@ from .evaluator import EvaluationStopped, autocast_dtype, eval_transform, evalua
 from .loading import next_batch, prepare_split, shutdown_workers, worker_init
 from .run import RunLock, checkpoint_paths, checkpoint_steps, find_resume_checkpoint, remove_leftover_temporaries
 
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+
 __all__ = ["Trainer", "TrainingStopped", "poly_lr", "EpochSampler", "weight_decay_groups"]
 
 
@@ -87,11 +93,12 @@ def poly_lr(step: int, iterations: int, power: float, warmup: int = 0) -> float:
     return max(0.0, 1.0 - step / iterations) ** power
 
 
-def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def weight_decay_groups(model: PAMM, weight_decay: float) -> list[dict]:
     """Optimizer parameter groups: every parameter decayed by ``weight_decay`` except those the model names in
     ``no_weight_decay()`` (timm's convention), which get 0."""
     skip_names = model.no_weight_decay()
-    decay, skip = [], []
+    decay: list[torch.nn.Parameter] = []
+    skip: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         (skip if name in skip_names else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": skip, "weight_decay": 0.0}]
@@ -109,8 +116,10 @@ class EpochSampler(Sampler):
         self.n, self.batch, self.world, self.rank, self.seed = n, batch_size, world, rank, seed
         self.steps_per_epoch = n // (batch_size * world)
         if self.steps_per_epoch == 0:
-            raise InputError(f"the training split has {n} images, fewer than one global batch "
-                             f"(train.batch_size {batch_size} x {world} process(es))")
+            raise InputError(
+                f"the training split has {n} images, fewer than one global batch "
+                f"(train.batch_size {batch_size} x {world} process(es))"
+            )
         self.start_step = start_step
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
@@ -120,7 +129,7 @@ class EpochSampler(Sampler):
             perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
             g = self.batch * self.world
             for j in range(i, self.steps_per_epoch):
-                chunk = perm[j * g + self.rank * self.batch: j * g + (self.rank + 1) * self.batch]
+                chunk = perm[j * g + self.rank * self.batch : j * g + (self.rank + 1) * self.batch]
                 yield [(epoch, int(k)) for k in chunk]
             step = (epoch + 1) * self.steps_per_epoch
 
@@ -193,8 +202,16 @@ class Trainer:
     ``steps``, ``eval``, ``final_eval``, ``checkpoint``, ``metrics_write``, ``teardown``).
     """
 
-    def __init__(self, cfg: Config, run_dir: str | os.PathLike, resume: bool = False, device: str | None = None,
-                 progress: bool = True, log: Callable[[str], None] | None = None, command: str | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: str | os.PathLike,
+        resume: bool = False,
+        device: str | None = None,
+        progress: bool = True,
+        log: Callable[[str], None] | None = None,
+        command: str | None = None,
+    ):
         tic = time.perf_counter()
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -206,9 +223,9 @@ class Trainer:
         self._committed = False
         self._created: list[Path] = []  # what this call created in the run folder (removed if nothing was trained)
         self._lock: RunLock | None = None
-        self._writer = None
-        self._bar = None
-        self._batches: Iterator[dict] | None = None
+        self._writer: SummaryWriter | None = None
+        self._bar: tqdm | None = None
+        self._batches: Generator[dict, None, None] | None = None
         self._fitted = self._closed = False
         self._signal: int | None = None  # received by this process
         self._agreed_signal: int | None = None  # under DDP: received by some process, agreed at a step
@@ -263,7 +280,7 @@ class Trainer:
     def _claim_run_dir(self, command: str | None) -> None:
         """Main process: create and lock the run folder and check it may be used; every process raises the main
         process's refusal."""
-        error = None
+        error: Exception | None = None
         if self.dist.is_main:
             try:
                 self._claim_as_main(command)
@@ -287,19 +304,25 @@ class Trainer:
         if self.resume:
             found = find_resume_checkpoint(run, self.warn)
             if found is None:
-                raise CheckpointError(f"--resume: no valid checkpoint in {run / 'checkpoints'} (to start a new run "
-                                      f"there, leave out --resume)")
+                raise CheckpointError(
+                    f"--resume: no valid checkpoint in {run / 'checkpoints'} (to start a new run "
+                    f"there, leave out --resume)"
+                )
             self._resume_from = found
             return
         checkpoints = run / "checkpoints"
         if checkpoints.is_dir() and any(checkpoints.iterdir()):
-            raise InputError(f"run folder {run} already holds checkpoints; pass --resume to continue that run or "
-                             f"choose another --out folder")
+            raise InputError(
+                f"run folder {run} already holds checkpoints; pass --resume to continue that run or "
+                f"choose another --out folder"
+            )
         if (run / "metrics.json").exists():
             raise InputError(f"run folder {run} holds the metrics.json of another run; choose another --out folder")
         if (run / "config.yaml").exists() and not (run / "train.log").is_file():
-            raise InputError(f"--out {run} holds a config.yaml that is not a pamm run's (no train.log beside it), "
-                             f"which training would overwrite; choose another folder")
+            raise InputError(
+                f"--out {run} holds a config.yaml that is not a pamm run's (no train.log beside it), "
+                f"which training would overwrite; choose another folder"
+            )
 
     def _commit(self) -> None:
         """Main process, right before the first step: write what a run folder holds from its start."""
@@ -356,15 +379,18 @@ class Trainer:
 
     def _check_resume_step(self) -> None:
         """Refuse, before anything is built or written, a resume whose run is past ``train.iterations``."""
-        error = None
+        error: Exception | None = None
         if self.dist.is_main:
             try:
+                assert self._resume_from is not None  # chosen by _claim_as_main
                 _, extra = read_checkpoint_metadata(self._resume_from[0])
                 step = int(extra.get("step", 0))
                 if step > self.cfg.train.iterations:
-                    error = InputError(f"--resume: the run in {self.run_dir} is at step {step}, beyond "
-                                       f"train.iterations={self.cfg.train.iterations}; nothing was changed (set "
-                                       f"train.iterations to {step} or more to continue it)")
+                    error = InputError(
+                        f"--resume: the run in {self.run_dir} is at step {step}, beyond "
+                        f"train.iterations={self.cfg.train.iterations}; nothing was changed (set "
+                        f"train.iterations to {step} or more to continue it)"
+                    )
             except Exception as e:  # noqa: BLE001 - handed to the other processes, then raised
                 error = e
         error = broadcast_object(error)
@@ -380,8 +406,12 @@ class Trainer:
         self.tasks = cfg.data.task_list  # a generic dataset's dataset.yaml is read (and checked) here
         self.spec = spec = cfg.data.spec
         cfg.check_loss_weights(self.tasks)
-        train_tf = build_transforms(train=True, size=tuple(cfg.data.train_size), multiple=cfg.model.backbone.patch_size,
-                                    scale_range=tuple(cfg.data.scale_range))
+        train_tf = build_transforms(
+            train=True,
+            size=pair(cfg.data.train_size),
+            multiple=cfg.model.backbone.patch_size,
+            scale_range=pair(cfg.data.scale_range),
+        )
         self.train_set = prepare_split(cfg, "train", train_tf, self.dist, self.log, self.warn, self.progress)
         self.val_set = prepare_split(cfg, "val", eval_transform(cfg), self.dist, self.log, self.warn, self.progress)
         EpochSampler(len(self.train_set), cfg.train.batch_size, self.dist.world_size, 0, 0)  # enough images?
@@ -398,13 +428,22 @@ class Trainer:
             for stage in model.stages:  # the decoder's stages; the scan's autograd Function stays eager
                 stage.compile()
         self.model = model
-        self.net = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index]
-                                                              if self.device.type == "cuda" else None)
-                    if self.dist.distributed else model)
-        self.loss_fn = MultiTaskLoss(self.tasks, cfg.train.loss_weights, spec.edge_pos_weight,
-                                     cfg.train.load_balancing,
-                                     reducer=DistributedReducer() if self.dist.distributed else LOCAL)
+        self.net = (
+            torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+            if self.dist.distributed
+            else model
+        )
+        self.loss_fn = MultiTaskLoss(
+            self.tasks,
+            cfg.train.loss_weights,
+            spec.edge_pos_weight,
+            cfg.train.load_balancing,
+            reducer=DistributedReducer() if self.dist.distributed else LOCAL,
+        )
         groups = weight_decay_groups(model, cfg.train.weight_decay)
+        self.optimizer: torch.optim.Optimizer
         if cfg.train.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(groups, lr=cfg.train.lr, momentum=0.9)
         else:
@@ -412,7 +451,8 @@ class Trainer:
             self.optimizer = opt_cls(groups, lr=cfg.train.lr)
         t = cfg.train
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: poly_lr(s, t.iterations, t.poly_power, t.warmup_iters))
+            self.optimizer, lambda s: poly_lr(s, t.iterations, t.poly_power, t.warmup_iters)
+        )
         self.amp_dtype = autocast_dtype(cfg.train.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.step = 0
@@ -426,14 +466,17 @@ class Trainer:
             self._restore()
 
     def _restore(self) -> None:
+        assert self._resume_from is not None  # chosen by _claim_as_main, broadcast by _build
         weights, state_path = self._resume_from
         # verified by the main process when it chose them (under the run's lock): read without hashing again
         tensors, stored_cfg, extra = load_weights(weights, verify=False)
         stored_spec = stored_dataset_spec(extra, weights)
         difference = stored_spec and label_space_difference(stored_spec, self.spec, self.tasks)
         if difference:
-            raise InputError(f"--resume: {weights} was trained on another label space than {self.cfg.data.root} "
-                             f"holds now ({difference})")
+            raise InputError(
+                f"--resume: {weights} was trained on another label space than {self.cfg.data.root} "
+                f"holds now ({difference})"
+            )
         check_state_dict_fits(self.model, tensors, f"checkpoint {weights}", stored_cfg, self.cfg)
         self.model.load_state_dict(tensors)
         state = load_state(state_path, verify=False)
@@ -463,15 +506,22 @@ class Trainer:
         if saved_world == world or saved_batch is None:
             return
         before, now = saved_world * saved_batch, world * batch
-        head = (f"--resume: the run was trained by {saved_world} process(es) x batch {saved_batch} and continues on "
-                f"{world} x {batch}")
+        head = (
+            f"--resume: the run was trained by {saved_world} process(es) x batch {saved_batch} and continues on "
+            f"{world} x {batch}"
+        )
         if before == now:
             self.log(f"{head}: global batch {now} kept, same data order")
         else:
-            keep = (f"set train.batch_size={before // world} to keep it" if before % world == 0
-                    else f"no per-process batch keeps it on {world} process(es)")
-            self.warn(f"warning: {head}: the global batch changes from {before} to {now} and with it the data order "
-                      f"and the effective learning rate ({keep})")
+            keep = (
+                f"set train.batch_size={before // world} to keep it"
+                if before % world == 0
+                else f"no per-process batch keeps it on {world} process(es)"
+            )
+            self.warn(
+                f"warning: {head}: the global batch changes from {before} to {now} and with it the data order "
+                f"and the effective learning rate ({keep})"
+            )
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
 
@@ -480,7 +530,7 @@ class Trainer:
         mine["numpy"] = _numpy_state_to_plain(mine["numpy"])
         if not self.dist.distributed:
             return [mine]
-        out = [None] * self.dist.world_size
+        out: list[Any] = [None] * self.dist.world_size  # filled by the collective
         torch.distributed.all_gather_object(out, mine)
         return out
 
@@ -495,12 +545,19 @@ class Trainer:
         weights, state_path = checkpoint_paths(self.run_dir, self.step)
         previous = checkpoint_steps(self.run_dir)
         extra = {"step": self.step, "tasks": self.tasks, "dataset_spec": self.spec.to_dict()}
-        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "rng": rng, "step": self.step, "nonfinite": self.nonfinite, "best_score": self.best_score,
-                 "reference": json.dumps(self.reference) if self.reference else "",
-                 "metrics": json.dumps(self.last_metrics) if self.last_metrics else "",
-                 "pending_eval": pending_eval, "world_size": self.dist.world_size,
-                 "batch_size": self.cfg.train.batch_size}
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng,
+            "step": self.step,
+            "nonfinite": self.nonfinite,
+            "best_score": self.best_score,
+            "reference": json.dumps(self.reference) if self.reference else "",
+            "metrics": json.dumps(self.last_metrics) if self.last_metrics else "",
+            "pending_eval": pending_eval,
+            "world_size": self.dist.world_size,
+            "batch_size": self.cfg.train.batch_size,
+        }
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         try:
@@ -510,30 +567,45 @@ class Trainer:
                 link_or_copy(weights, weights.parent / "best.safetensors")
         except ResourceError as e:
             newest = f"step {previous[0]}" if previous else "none"
-            raise ResourceError(f"{e} (training stopped at step {self.step}; newest complete checkpoint: {newest})",
-                                e.errno) from e
+            raise ResourceError(
+                f"{e} (training stopped at step {self.step}; newest complete checkpoint: {newest})", e.errno
+            ) from e
         for old in checkpoint_steps(self.run_dir)[2:]:  # keep the newest two
             for path in checkpoint_paths(self.run_dir, old):
                 path.unlink(missing_ok=True)
         seconds = time.perf_counter() - tic
         self.timings["checkpoint"] += seconds
         self.counts["checkpoint"] += 1
-        self.log(f"step {self.step}: checkpoint {weights.name}{' (best)' if best else ''} written in "
-                 f"{seconds:.2f} s", console=False)
+        self.log(
+            f"step {self.step}: checkpoint {weights.name}{' (best)' if best else ''} written in {seconds:.2f} s",
+            console=False,
+        )
 
     # ---- steps ---------------------------------------------------------------------------------------------
 
     def _loader(self) -> DataLoader:
-        sampler = EpochSampler(len(self.train_set), self.cfg.train.batch_size, self.dist.world_size, self.dist.rank,
-                               self.cfg.train.seed, start_step=self.step)
+        sampler = EpochSampler(
+            len(self.train_set),
+            self.cfg.train.batch_size,
+            self.dist.world_size,
+            self.dist.rank,
+            self.cfg.train.seed,
+            start_step=self.step,
+        )
         workers = self.cfg.data.workers
-        return DataLoader(LoadGuard(_EpochKeyed(self.train_set)), batch_sampler=sampler, num_workers=workers,
-                          collate_fn=collate, pin_memory=self.device.type == "cuda",
-                          worker_init_fn=worker_init if workers else None,
-                          persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0),
-                          prefetch_factor=4 if workers else None)
+        return DataLoader(
+            LoadGuard(_EpochKeyed(self.train_set)),
+            batch_sampler=sampler,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=worker_init if workers else None,
+            persistent_workers=workers > 0,
+            generator=torch.Generator().manual_seed(0),
+            prefetch_factor=4 if workers else None,
+        )
 
-    def batches(self) -> Iterator[dict]:
+    def batches(self) -> Generator[dict, None, None]:
         """Training batches from the current step on, in the run's deterministic order (forever). A sample that
         fails to load raises its one-line :class:`~pamm.data.DatasetError` (or, under ``data.on_error: skip``, is
         replaced and listed in the batch's ``meta``)."""
@@ -556,8 +628,9 @@ class Trainer:
         images = batch["image"]
         if self.device.type == "cuda" and self.cfg.runtime.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        ):
             outputs, routing = self.net(images, return_routing=True)
         total, losses = self.loss_fn({k: v.float() for k, v in outputs.items()}, batch, routing)
         self.optimizer.zero_grad(set_to_none=True)
@@ -570,8 +643,7 @@ class Trainer:
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         not_finite = (~(torch.isfinite(total.detach()) & torch.isfinite(grad_norm))).float()
-        flags = all_reduce_max(torch.stack([not_finite.reshape(()),
-                                            not_finite.new_tensor(float(self._signal or 0))]))
+        flags = all_reduce_max(torch.stack([not_finite.reshape(()), not_finite.new_tensor(float(self._signal or 0))]))
         finite = not bool(flags[0])
         if flags[1] > 0:
             self._agreed_signal = int(flags[1])  # some process was signalled: all stop after this same step
@@ -584,12 +656,16 @@ class Trainer:
                 self.scheduler.step()
             if self.scaler is not None:
                 self.scaler.update()
-            self.warn(f"warning: step {self.step}: non-finite loss or gradient, update skipped "
-                      f"({self.nonfinite}/{cfg.max_nonfinite_steps})")
+            self.warn(
+                f"warning: step {self.step}: non-finite loss or gradient, update skipped "
+                f"({self.nonfinite}/{cfg.max_nonfinite_steps})"
+            )
             if self.nonfinite > cfg.max_nonfinite_steps:
-                raise TrainingStopped(f"training stopped at step {self.step}: {self.nonfinite} steps had a "
-                                      f"non-finite loss or gradient (train.max_nonfinite_steps="
-                                      f"{cfg.max_nonfinite_steps}); lower the learning rate or check the data")
+                raise TrainingStopped(
+                    f"training stopped at step {self.step}: {self.nonfinite} steps had a "
+                    f"non-finite loss or gradient (train.max_nonfinite_steps="
+                    f"{cfg.max_nonfinite_steps}); lower the learning rate or check the data"
+                )
             return None
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
@@ -611,7 +687,10 @@ class Trainer:
         the run's first evaluation (or Δm against ``eval.single_task`` when given)."""
         from ..metrics import main_metric
 
-        ref = self.cfg.eval.single_task or {t: main_metric(t, self.reference[t])[0] for t in self.tasks}
+        ref = self.cfg.eval.single_task
+        if not ref:
+            assert self.reference is not None  # the run's first evaluation, recorded before any score
+            ref = {t: main_metric(t, self.reference[t])[0] for t in self.tasks}
         gains = []
         for t in self.tasks:
             value, higher = main_metric(t, metrics[t])
@@ -624,8 +703,16 @@ class Trainer:
         :class:`~pamm.engine.evaluator.EvaluationStopped` when a stop signal arrives meanwhile (one process)."""
         tic = time.perf_counter()
         stop = None if self.dist.distributed else (lambda: self._signal is not None)
-        metrics = evaluate(self.model, self.cfg, device=self.device, dist=self.dist, progress=self.progress,
-                           amp_dtype=self.amp_dtype, dataset=self.val_set, stop=stop)
+        metrics = evaluate(
+            self.model,
+            self.cfg,
+            device=self.device,
+            dist=self.dist,
+            progress=self.progress,
+            amp_dtype=self.amp_dtype,
+            dataset=self.val_set,
+            stop=stop,
+        )
         seconds = time.perf_counter() - tic
         phase = "final_eval" if final else "eval"
         self.timings[phase] += seconds
@@ -663,9 +750,12 @@ class Trainer:
                 raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
             self._signal = signum
             if self.dist.is_main:
-                print(f"\n{signal.Signals(signum).name}: stopping after step {self.step + 1} and writing a "
-                      f"checkpoint (send it again to stop at once, losing the steps since the last checkpoint)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"\n{signal.Signals(signum).name}: stopping after step {self.step + 1} and writing a "
+                    f"checkpoint (send it again to stop at once, losing the steps since the last checkpoint)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
         for s in previous:
             signal.signal(s, handler)
@@ -683,6 +773,7 @@ class Trainer:
     def _interrupt(self, pending_eval: bool = False) -> None:
         """Stop on the received signal: checkpoint the current step (unless it is already) and raise."""
         signum = self._agreed_signal or self._signal
+        assert signum is not None  # called when _stopping
         name = signal.Signals(signum).name
         if self._steps_done == 0 and not pending_eval and not self.resume:
             raise Interrupted(f"{name} received before the first step; nothing was written", signum, resumable=False)
@@ -690,16 +781,21 @@ class Trainer:
         if written:
             self.save_checkpoint(pending_eval=pending_eval)
         weights, _ = checkpoint_paths(self.run_dir, self.step)
-        message = (f"{name} received: stopped at step {self.step} of {self.cfg.train.iterations}; checkpoint "
-                   f"{weights} {'written' if written else 'already there'}")
+        message = (
+            f"{name} received: stopped at step {self.step} of {self.cfg.train.iterations}; checkpoint "
+            f"{weights} {'written' if written else 'already there'}"
+        )
         self.log(message, console=False)
         raise Interrupted(message, signum)
 
     def _log_losses(self, logged: dict[str, float], images_per_s: float) -> None:
         lr = self.scheduler.get_last_lr()[0]
         parts = " ".join(f"{k} {v:.4f}" for k, v in logged.items() if k not in ("total", "grad_norm"))
-        self.log(f"step {self.step}/{self.cfg.train.iterations}: loss {logged['total']:.4f} ({parts}) lr {lr:.3e} "
-                 f"grad_norm {logged['grad_norm']:.3g} {images_per_s:.1f} img/s", console=False)
+        self.log(
+            f"step {self.step}/{self.cfg.train.iterations}: loss {logged['total']:.4f} ({parts}) lr {lr:.3e} "
+            f"grad_norm {logged['grad_norm']:.3g} {images_per_s:.1f} img/s",
+            console=False,
+        )
         if self._writer is not None:
             for k, v in logged.items():
                 self._writer.add_scalar(f"train/{k}", v, self.step)
@@ -747,8 +843,11 @@ class Trainer:
         if stored is None:
             return None
         if self.dist.is_main:
-            self._emit(f"{self.run_dir} already finished at step {self.step} (train.iterations "
-                       f"{self.cfg.train.iterations}); nothing to do", sys.stdout)
+            self._emit(
+                f"{self.run_dir} already finished at step {self.step} (train.iterations "
+                f"{self.cfg.train.iterations}); nothing to do",
+                sys.stdout,
+            )
         self.close()
         return stored
 
@@ -756,8 +855,10 @@ class Trainer:
         cfg = self.cfg.train
         if self.dist.is_main:
             n_params = sum(p.numel() for p in self.model.parameters())
-            self.log(f"training {self.cfg.name}: {len(self.train_set)} images, {n_params / 1e6:.1f} M parameters, "
-                     f"{self.dist.world_size} process(es) on {self.device}, steps {self.step}->{cfg.iterations}")
+            self.log(
+                f"training {self.cfg.name}: {len(self.train_set)} images, {n_params / 1e6:.1f} M parameters, "
+                f"{self.dist.world_size} process(es) on {self.device}, steps {self.step}->{cfg.iterations}"
+            )
         if self.progress:
             from tqdm import tqdm
 
@@ -821,8 +922,12 @@ class Trainer:
         if is_best:
             self.best_score = score
         self.net.train()
-        if is_best or last or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) \
-                or self._saved_step == self.step:  # a pending evaluation's step: record that it is done
+        if (
+            is_best
+            or last
+            or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)
+            or self._saved_step == self.step
+        ):  # a pending evaluation's step: record that it is done
             self.save_checkpoint(best=is_best)
         return metrics
 
@@ -834,14 +939,18 @@ class Trainer:
         skipped = {k: v for k, v in skipped.items() if v}
         if self.dist.is_main:
             tic = time.perf_counter()
-            extra = {"step": self.step}
+            extra: dict[str, Any] = {"step": self.step}
             if skipped:
                 extra["skipped_samples"] = skipped
-                self.warn(f"warning: {sum(map(len, skipped.values()))} damaged sample(s) were skipped "
-                          f"(data.on_error=skip): " + "; ".join(f"{split}: {', '.join(sorted(ids)[:5])}"
-                                                               + (" ..." if len(ids) > 5 else "")
-                                                               for split, ids in skipped.items())
-                          + " (listed in metrics.json)")
+                self.warn(
+                    f"warning: {sum(map(len, skipped.values()))} damaged sample(s) were skipped "
+                    f"(data.on_error=skip): "
+                    + "; ".join(
+                        f"{split}: {', '.join(sorted(ids)[:5])}" + (" ..." if len(ids) > 5 else "")
+                        for split, ids in skipped.items()
+                    )
+                    + " (listed in metrics.json)"
+                )
             body = {k: v for k, v in metrics.items() if k != "skipped_samples"}
             write_metrics(self.run_dir / "metrics.json", body, self.cfg, extra=extra)
             self.timings["metrics_write"] += time.perf_counter() - tic
@@ -852,15 +961,17 @@ class Trainer:
         mine = dict(self._replaced)
         if not self.dist.distributed:
             return mine
-        out = [None] * self.dist.world_size
+        out: list[Any] = [None] * self.dist.world_size  # filled by the collective
         torch.distributed.all_gather_object(out, mine)
         return {k: v for d in out for k, v in d.items()}
 
     def describe_timings(self) -> str:
         """The phase timings so far, one line."""
         t, c = self.timings, self.counts
-        parts = [f"build {t['build']:.1f} s", f"{c['steps']} steps {t['steps']:.1f} s (waiting for data "
-                 f"{t['data']:.1f} s)"]
+        parts = [
+            f"build {t['build']:.1f} s",
+            f"{c['steps']} steps {t['steps']:.1f} s (waiting for data {t['data']:.1f} s)",
+        ]
         if c["eval"]:
             parts.append(f"{c['eval']} evaluation(s) {t['eval']:.1f} s")
         if c["final_eval"]:

@@ -218,8 +218,10 @@ class ConversionReport:
             f"  position embedding: class slot dropped ({self.class_token_values} values)",
         ]
         if self.x_experts:
-            lines.append("  x-branch experts loaded into stages.*.x_experts (model.x_experts: true); they were "
-                         "never trained by the released code")
+            lines.append(
+                "  x-branch experts loaded into stages.*.x_experts (model.x_experts: true); they were "
+                "never trained by the released code"
+            )
         if self.cast_tensors:
             lines.append(f"  {self.cast_tensors} tensors converted to our dtype")
         if self.ignored_entries:
@@ -352,8 +354,9 @@ def _source_shape(spec: TensorSpec, placement: Placement) -> tuple[int, ...]:
     return shape
 
 
-def plan_conversion(official: Mapping[str, TensorSpec], ours: Mapping[str, TensorSpec], tasks: Iterable[str],
-                    x_experts: bool = False) -> ConversionPlan:
+def plan_conversion(
+    official: Mapping[str, TensorSpec], ours: Mapping[str, TensorSpec], tasks: Iterable[str], x_experts: bool = False
+) -> ConversionPlan:
     """Map official tensor names onto our state dict, using names, shapes and dtypes only.
 
     Args:
@@ -377,8 +380,11 @@ def plan_conversion(official: Mapping[str, TensorSpec], ours: Mapping[str, Tenso
         placement = _placement(name, layout)
         if placement is None:
             task = _task_of(name, tasks)
-            why = (f"task {task!r} is not one of the model's tasks {list(tasks)}" if task and task not in tasks
-                   else "no rule maps it")
+            why = (
+                f"task {task!r} is not one of the model's tasks {list(tasks)}"
+                if task and task not in tasks
+                else "no rule maps it"
+            )
             plan.problems.append(f"unmapped official tensor {name} {tuple(spec.shape)}: {why}")
             continue
         target = ours.get(placement.target)
@@ -389,18 +395,23 @@ def plan_conversion(official: Mapping[str, TensorSpec], ours: Mapping[str, Tenso
         source = _source_shape(spec, placement)
         misfit = placement.block is not None and target.shape[0] % placement.block[1] != 0
         if placement.item is not None and placement.item >= target.shape[0]:
-            plan.problems.append(f"official tensor {name} maps to {placement.describe(target.shape)}, beyond the "
-                                 f"{target.shape[0]} of the model")
+            plan.problems.append(
+                f"official tensor {name} maps to {placement.describe(target.shape)}, beyond the "
+                f"{target.shape[0]} of the model"
+            )
             continue
         # a region claimed by a mis-fitting tensor is reported once, as that tensor's problem, not as missing
         start, stop = placement.rows(target.shape)
         rows.setdefault(placement.target, []).append((start, stop, name, placement.reduce_max))
         if misfit or _squeezed(source) != _squeezed(region):
-            plan.problems.append(f"shape mismatch: official {name} {tuple(spec.shape)} -> "
-                                 f"{placement.describe(target.shape)} expects {region}")
+            plan.problems.append(
+                f"shape mismatch: official {name} {tuple(spec.shape)} -> "
+                f"{placement.describe(target.shape)} expects {region}"
+            )
         elif spec.dtype.is_floating_point != target.dtype.is_floating_point:
-            plan.problems.append(f"dtype mismatch: official {name} is {spec.dtype}, {placement.target} is "
-                                 f"{target.dtype}")
+            plan.problems.append(
+                f"dtype mismatch: official {name} is {spec.dtype}, {placement.target} is {target.dtype}"
+            )
         else:
             plan.placements[name] = placement
     for key, spec in ours.items():
@@ -419,12 +430,14 @@ def plan_conversion(official: Mapping[str, TensorSpec], ours: Mapping[str, Tenso
             if start < position:
                 plan.problems.append(f"{key}: rows [{start}, {stop}) are given twice (again by {name})")
             elif start > position:
-                plan.problems.append(f"{key}: rows [{position}, {start}) of {length} are not provided by the "
-                                     f"official checkpoint")
+                plan.problems.append(
+                    f"{key}: rows [{position}, {start}) of {length} are not provided by the official checkpoint"
+                )
             position = max(position, stop)
         if position < length:
-            plan.problems.append(f"{key}: rows [{position}, {length}) of {length} are not provided by the official "
-                                 f"checkpoint")
+            plan.problems.append(
+                f"{key}: rows [{position}, {length}) of {length} are not provided by the official checkpoint"
+            )
     return plan
 
 
@@ -463,27 +476,32 @@ def read_official_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], list[
                 f"never runs code from the file. If you trust the file, save its state dict alone in Python: "
                 f"torch.save(torch.load(src, weights_only=False)['model'], 'weights.pth')"
             ) from None
-        raise ConversionError(f"cannot read official checkpoint {path}: not a torch checkpoint, or damaged (its "
-                              f"pickle stream is invalid)") from None
+        raise ConversionError(
+            f"cannot read official checkpoint {path}: not a torch checkpoint, or damaged (its pickle stream is invalid)"
+        ) from None
     except Exception as e:  # noqa: BLE001 - any reader failure is a damaged or foreign file
         raise ConversionError(f"cannot read official checkpoint {path}: {type(e).__name__}: {e}") from None
     state, ignored = data, []
     if isinstance(data, Mapping) and not all(isinstance(v, Tensor) for v in data.values()):
         key = next((k for k in _STATE_DICT_KEYS if isinstance(data.get(k), Mapping)), None)
         if key is None:
-            raise ConversionError(f"official checkpoint {path} holds no state dict: top-level entries "
-                                  f"{sorted(map(str, data))}, expected a mapping of tensors or one of "
-                                  f"{list(_STATE_DICT_KEYS)}")
+            raise ConversionError(
+                f"official checkpoint {path} holds no state dict: top-level entries "
+                f"{sorted(map(str, data))}, expected a mapping of tensors or one of "
+                f"{list(_STATE_DICT_KEYS)}"
+            )
         state, ignored = data[key], sorted(str(k) for k in data if k != key)
     if not isinstance(state, Mapping) or not state:
         raise ConversionError(f"official checkpoint {path} does not hold a non-empty mapping of tensors")
     bad = [str(k) for k, v in state.items() if not isinstance(v, Tensor)]
     if bad:
-        raise ConversionError(f"official checkpoint {path}: state dict entries that are not tensors: "
-                              f"{', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}")
+        raise ConversionError(
+            f"official checkpoint {path}: state dict entries that are not tensors: "
+            f"{', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}"
+        )
     out: dict[str, Tensor] = {}
     for key, value in state.items():
-        name = key[len("module."):] if key.startswith("module.") else key
+        name = key[len("module.") :] if key.startswith("module.") else key
         if name in out:
             raise ConversionError(f"official checkpoint {path}: {name!r} appears both with and without 'module.'")
         out[name] = value
@@ -499,8 +517,10 @@ def detect_preset(names: Iterable[str], shapes: Mapping[str, tuple[int, ...]]) -
         return "pascal-vitl"
     if classes == DATASETS["nyud"].num_outputs["semseg"] or heads & {"depth"}:
         return "nyud-vitl"
-    raise ConversionError(f"cannot tell the preset from the heads {sorted(heads)} (semseg classes: {classes}); "
-                          f"pass the preset (nyud-vitl or pascal-vitl)")
+    raise ConversionError(
+        f"cannot tell the preset from the heads {sorted(heads)} (semseg classes: {classes}); "
+        f"pass the preset (nyud-vitl or pascal-vitl)"
+    )
 
 
 def model_tensor_specs(cfg: Config) -> tuple[dict[str, TensorSpec], list[str]]:
@@ -533,9 +553,17 @@ def _problems_error(path: Path, problems: list[str], preset: str, detected: str 
     return ConversionError("\n".join(lines))
 
 
-def convert_official(src: str | Path, dst: str | Path, preset: str | None = None, *, x_experts: bool = False,
-                     prior_seed: int = DEFAULT_PRIOR_SEED, overrides: Mapping[str, Any] | None = None,
-                     overwrite: bool = False, format: str = "auto") -> ConversionReport:
+def convert_official(
+    src: str | Path,
+    dst: str | Path,
+    preset: str | None = None,
+    *,
+    x_experts: bool = False,
+    prior_seed: int = DEFAULT_PRIOR_SEED,
+    overrides: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    format: str = "auto",
+) -> ConversionReport:
     """Convert an official PAMM checkpoint into a pamm checkpoint loadable with
     :func:`pamm.engine.checkpoint.load_model`.
 
@@ -568,15 +596,19 @@ def convert_official(src: str | Path, dst: str | Path, preset: str | None = None
     if format not in CONVERSION_FORMATS:
         raise ConversionError(f"unknown output format {format!r}; expected one of {list(CONVERSION_FORMATS)}")
     if format == "checkpoint" and dst.exists() and dst.is_dir():
-        raise ConversionError(f"destination {dst} is a directory; expected a weights file path (or --format "
-                              f"pretrained for a pretrained folder)")
+        raise ConversionError(
+            f"destination {dst} is a directory; expected a weights file path (or --format "
+            f"pretrained for a pretrained folder)"
+        )
     if dst.exists() and not overwrite and (format == "checkpoint" or not dst.is_dir() or any(dst.iterdir())):
         raise ConversionError(f"destination {dst} exists; choose another path or allow overwriting (--overwrite)")
     if format == "pretrained" and dst.exists() and not dst.is_dir():
         raise ConversionError(f"destination {dst} is a file; a pretrained folder is written with --format pretrained")
     if format == "pretrained" and overwrite and dst.is_dir() and any(dst.iterdir()) and not is_pretrained_folder(dst):
-        raise ConversionError(f"destination {dst} is a folder that is not a pamm pretrained folder; it is never "
-                              f"replaced, even with overwrite")
+        raise ConversionError(
+            f"destination {dst} is a folder that is not a pamm pretrained folder; it is never "
+            f"replaced, even with overwrite"
+        )
     if dst.resolve() == src.resolve():
         raise ConversionError(f"destination {dst} is the source file")
     official, ignored = read_official_checkpoint(src)
@@ -587,6 +619,7 @@ def convert_official(src: str | Path, dst: str | Path, preset: str | None = None
             raise
         detected = None
     preset = preset or detected
+    assert preset is not None  # given, or detected (detect_preset raised otherwise)
     settings: dict[str, Any] = {"model.backbone.pretrained": False, **(overrides or {})}
     if x_experts:
         settings["model.x_experts"] = True
@@ -596,13 +629,16 @@ def convert_official(src: str | Path, dst: str | Path, preset: str | None = None
     if heads and heads != set(cfg.data.task_list) and heads <= set(dataset_tasks):
         cfg = load_config(preset, {**settings, "data.tasks": [t for t in dataset_tasks if t in heads]})
     ours, tasks = model_tensor_specs(cfg)
-    plan = plan_conversion({k: TensorSpec(tuple(v.shape), v.dtype) for k, v in official.items()}, ours, tasks,
-                           x_experts=x_experts)
+    plan = plan_conversion(
+        {k: TensorSpec(tuple(v.shape), v.dtype) for k, v in official.items()}, ours, tasks, x_experts=x_experts
+    )
     if plan.problems:
         raise _problems_error(src, plan.problems, preset, detected)
 
-    state = {k: (torch.zeros if spec.dtype == torch.int64 else torch.empty)(spec.shape, dtype=spec.dtype)
-             for k, spec in ours.items()}
+    state = {
+        k: (torch.zeros if spec.dtype == torch.int64 else torch.empty)(spec.shape, dtype=spec.dtype)
+        for k, spec in ours.items()
+    }
     cast = class_token_values = 0
     with torch.no_grad():
         for name, placement in plan.placements.items():
@@ -622,16 +658,24 @@ def convert_official(src: str | Path, dst: str | Path, preset: str | None = None
             state[key] = _initial_value(key, ours[key], generator)
 
     report = ConversionReport(
-        source=str(src), destination=str(dst), preset=preset, tasks=tasks, x_experts=x_experts,
-        prior_seed=prior_seed, official_tensors=len(official),
+        source=str(src),
+        destination=str(dst),
+        preset=preset,
+        tasks=tasks,
+        x_experts=x_experts,
+        prior_seed=prior_seed,
+        official_tensors=len(official),
         mapped_tensors=len(plan.placements),
         mapped_values=sum(official[n].numel() for n in plan.placements),
-        dropped_tensors=len(plan.dropped), dropped_values=sum(official[n].numel() for n in plan.dropped),
+        dropped_tensors=len(plan.dropped),
+        dropped_values=sum(official[n].numel() for n in plan.dropped),
         filled_tensors=len(ours) - len(plan.initialised),
         filled_values=sum(_numel(s.shape) for k, s in ours.items() if k not in plan.initialised),
         initialised_tensors=len(plan.initialised),
         initialised_values=sum(_numel(ours[k].shape) for k in plan.initialised),
-        class_token_values=class_token_values, cast_tensors=int(cast), initialised=list(plan.initialised),
+        class_token_values=class_token_values,
+        cast_tensors=int(cast),
+        initialised=list(plan.initialised),
         ignored_entries=ignored,
     )
     extra = {"converted_from": {"file": src.name, "bytes": src.stat().st_size}, "report": report.to_dict()}
@@ -645,7 +689,10 @@ def convert_official(src: str | Path, dst: str | Path, preset: str | None = None
     model.load_state_dict(state)
     del state
     trained = TrainedModel(model.eval(), "weights", str(src), src, experiment=cfg, extra=extra)
-    model.save_pretrained(dst, config=cfg, overwrite=overwrite,
-                          model_card_kwargs=model_card_kwargs(trained, name=f"PAMM {preset} (converted)",
-                                                              source_name=str(dst)))
+    model.save_pretrained(
+        dst,
+        config=cfg,
+        overwrite=overwrite,
+        model_card_kwargs=model_card_kwargs(trained, name=f"PAMM {preset} (converted)", source_name=str(dst)),
+    )
     return report

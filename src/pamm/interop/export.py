@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -37,13 +38,17 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
+from .._version import __version__
 from ..errors import InputError, ResourceError
 from ..tasks import postprocess
+
+if TYPE_CHECKING:
+    from ..models import PAMM
 
 __all__ = ["ONNX_OPSET", "FORMATS", "OnnxGraph", "ExportReport", "export_onnx", "export_size", "parse_size",
            "compare_outputs", "check_output_path"]  # fmt: skip
@@ -65,7 +70,10 @@ class OnnxGraph(nn.Module):
     """What the exported graph computes (module docstring): ``image (b, 3, H, W)`` RGB in [0, 1] -> a tuple of
     per-task outputs in ``model.tasks`` order, raw or post-processed."""
 
-    def __init__(self, model: nn.Module, postprocess: bool = False):
+    input_mean: Tensor
+    input_std: Tensor
+
+    def __init__(self, model: PAMM, postprocess: bool = False):
         super().__init__()
         self.model, self.postprocess = model, postprocess
         self.tasks = tuple(model.meta.tasks)
@@ -113,15 +121,20 @@ class ExportReport:
     def summary(self) -> str:
         h, w = self.size
         batch = "dynamic batch" if self.batch is None else f"batch {self.batch}"
-        lines = [f"wrote {self.path} ({self.bytes / 2**20:.1f} MiB, ONNX opset {self.opset}, input image float32 "
-                 f"({'N' if self.batch is None else self.batch}, 3, {h}, {w}) RGB in [0, 1], {batch}, "
-                 f"{'post-processed' if self.postprocess else 'raw'} outputs {', '.join(self.outputs)}; "
-                 f"{self.seconds:.0f} s)"]
+        lines = [
+            f"wrote {self.path} ({self.bytes / 2**20:.1f} MiB, ONNX opset {self.opset}, input image float32 "
+            f"({'N' if self.batch is None else self.batch}, 3, {h}, {w}) RGB in [0, 1], {batch}, "
+            f"{'post-processed' if self.postprocess else 'raw'} outputs {', '.join(self.outputs)}; "
+            f"{self.seconds:.0f} s)"
+        ]
         if self.onnxruntime:
             worst = max(self.max_relative_difference.values(), default=0.0)
-            lines.append(f"checked in ONNX Runtime {self.onnxruntime} (CPU) against PyTorch on a random image: "
-                         f"largest relative difference {worst:.1e} ("
-                         + ", ".join(f"{k} {v:.1e}" for k, v in self.max_relative_difference.items()) + ")")
+            lines.append(
+                f"checked in ONNX Runtime {self.onnxruntime} (CPU) against PyTorch on a random image: "
+                f"largest relative difference {worst:.1e} ("
+                + ", ".join(f"{k} {v:.1e}" for k, v in self.max_relative_difference.items())
+                + ")"
+            )
         else:
             lines.append("not checked: onnxruntime is not installed (pip install 'pamm[export]')")
         return "\n".join(lines)
@@ -145,9 +158,11 @@ def export_size(meta: Any, size: tuple[int, int] | None) -> tuple[int, int]:
         size = tuple(getattr(meta, "test_size", None) or meta.train_size)
     h, w = size
     if h < 1 or w < 1 or h % meta.stride or w % meta.stride:
-        raise InputError(f"size {h}x{w}: height and width must be positive multiples of the backbone stride "
-                         f"{meta.stride} (e.g. {max(1, h // meta.stride) * meta.stride}x"
-                         f"{max(1, w // meta.stride) * meta.stride})")
+        raise InputError(
+            f"size {h}x{w}: height and width must be positive multiples of the backbone stride "
+            f"{meta.stride} (e.g. {max(1, h // meta.stride) * meta.stride}x"
+            f"{max(1, w // meta.stride) * meta.stride})"
+        )
     return int(h), int(w)
 
 
@@ -159,13 +174,17 @@ def check_output_path(out: Path, overwrite: bool) -> None:
         raise InputError(f"{out}: exists; pass --overwrite (overwrite=True) to replace it, or choose another path")
 
 
-def _metadata(model: nn.Module, size: tuple[int, int], postprocess_outputs: bool) -> dict[str, str]:
-    from .. import __version__
-
+def _metadata(model: PAMM, size: tuple[int, int], postprocess_outputs: bool) -> dict[str, str]:
     meta = model.meta
     spec = meta.spec
-    outputs = {t: (_OUTPUT_DOC.get(t, "float32") if postprocess_outputs
-                   else f"float32 raw head output (batch, {meta.num_outputs[t]}, H, W)") for t in meta.tasks}
+    outputs = {
+        t: (
+            _OUTPUT_DOC.get(t, "float32")
+            if postprocess_outputs
+            else f"float32 raw head output (batch, {meta.num_outputs[t]}, H, W)"
+        )
+        for t in meta.tasks
+    }
     entries = {
         "pamm_format": "pamm-onnx-1", "pamm_version": __version__, "dataset": meta.dataset,
         "tasks": list(meta.tasks), "num_outputs": dict(meta.num_outputs), "input": "image",
@@ -207,15 +226,24 @@ def _save(program: Any, out: Path) -> str | None:
         data = [p for p in staging.iterdir() if p.name != out.name]
         with AtomicGroup() as group:
             for staged in [staging / out.name, *data]:
-                group.write(out.parent / staged.name, lambda tmp, staged=staged: os.replace(staged, tmp))
+                group.write(out.parent / staged.name, functools.partial(os.replace, staged))
         return data[0].name if data else None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def export_onnx(model: nn.Module, out: str | os.PathLike, *, size: tuple[int, int] | None = None,
-                batch_size: int = 1, dynamic_batch: bool = False, postprocess: bool = False,
-                opset: int = ONNX_OPSET, overwrite: bool = False, check: bool = True) -> ExportReport:
+def export_onnx(
+    model: PAMM,
+    out: str | os.PathLike,
+    *,
+    size: tuple[int, int] | None = None,
+    batch_size: int = 1,
+    dynamic_batch: bool = False,
+    postprocess: bool = False,
+    opset: int = ONNX_OPSET,
+    overwrite: bool = False,
+    check: bool = True,
+) -> ExportReport:
     """Export ``model`` (a :class:`~pamm.models.PAMM`) to an ONNX file (module docstring).
 
     Args:
@@ -240,8 +268,9 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, size: tuple[int, in
         raise InputError(f"batch size {batch_size}: must be at least 1")
     start = time.perf_counter()
     copy_ = copy.deepcopy(model).cpu().float().eval()
-    copy_.set_runtime(dataclasses.replace(copy_.runtime, scan_backend="reference", channels_last=False,
-                                          activation_checkpointing=[]))
+    copy_.set_runtime(
+        dataclasses.replace(copy_.runtime, scan_backend="reference", channels_last=False, activation_checkpointing=[])
+    )
     graph = OnnxGraph(copy_, postprocess).eval()
     batch = 2 if dynamic_batch else batch_size
     image = torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(0))
@@ -252,19 +281,39 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, size: tuple[int, in
     with torch.no_grad():
         reference = graph(image)  # also computes the scan orders, which are then constants of the graph
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-        program = torch.onnx.export(graph, (image,), dynamo=True, opset_version=opset, input_names=["image"],
-                                    output_names=tasks, dynamic_shapes=dynamic_shapes, optimize=False,
-                                    verbose=False)
-    if dynamic_batch and isinstance(program.model.graph.inputs[0].shape[0], int):
+        program = torch.onnx.export(
+            graph,
+            (image,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=tasks,
+            dynamic_shapes=dynamic_shapes,
+            optimize=False,
+            verbose=False,
+        )
+    assert program is not None  # dynamo=True returns the ONNXProgram
+    input_shape = program.model.graph.inputs[0].shape  # None: not known at all (so not fixed either)
+    if dynamic_batch and input_shape is not None and isinstance(input_shape[0], int):
         raise RuntimeError("the exporter fixed the batch dimension although a dynamic batch was asked for")
     program.model.metadata_props.update(_metadata(copy_, size, postprocess))
-    program.model.doc_string = (f"PAMM ({', '.join(tasks)}; {copy_.meta.dataset}) exported by pamm; see "
-                                f"metadata_props for inputs, outputs and normalisation")
+    program.model.doc_string = (
+        f"PAMM ({', '.join(tasks)}; {copy_.meta.dataset}) exported by pamm; see "
+        f"metadata_props for inputs, outputs and normalisation"
+    )
     external = _save(program, out)
     written = out.stat().st_size + ((out.parent / external).stat().st_size if external else 0)
-    report = ExportReport(path=out, opset=opset, size=size, batch=None if dynamic_batch else batch_size,
-                          postprocess=postprocess, outputs=json.loads(_metadata(copy_, size, postprocess)["outputs"]),
-                          bytes=written, seconds=time.perf_counter() - start, external_data=external)
+    report = ExportReport(
+        path=out,
+        opset=opset,
+        size=size,
+        batch=None if dynamic_batch else batch_size,
+        postprocess=postprocess,
+        outputs=json.loads(_metadata(copy_, size, postprocess)["outputs"]),
+        bytes=written,
+        seconds=time.perf_counter() - start,
+        external_data=external,
+    )
     if check:
         try:
             import onnxruntime

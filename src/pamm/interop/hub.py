@@ -39,8 +39,14 @@ SOURCE_HELP = "a weights file (.safetensors), a run folder, a pretrained folder 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")
 
-_TASK_TYPES = {"semseg": "image-segmentation", "human_parts": "image-segmentation", "sal": "image-segmentation",
-               "depth": "depth-estimation", "normals": "surface-normal-estimation", "edge": "boundary-detection"}
+_TASK_TYPES = {
+    "semseg": "image-segmentation",
+    "human_parts": "image-segmentation",
+    "sal": "image-segmentation",
+    "depth": "depth-estimation",
+    "normals": "surface-normal-estimation",
+    "edge": "boundary-detection",
+}
 _DATASET_NAMES = {"nyud": "NYUD-v2", "pascal": "PASCAL-Context"}
 
 
@@ -82,8 +88,9 @@ def _read_metrics(run: Path) -> dict[str, Any] | None:
         raise InputError(f"{path}: not a readable metrics file ({e}); fix or remove it") from None
 
 
-def load_trained(source: str | os.PathLike, device: str | torch.device = "cpu",
-                 runtime: RuntimeConfig | None = None) -> TrainedModel:
+def load_trained(
+    source: str | os.PathLike, device: str | torch.device = "cpu", runtime: RuntimeConfig | None = None
+) -> TrainedModel:
     """Load the model of any model source (module docstring), verified.
 
     Raises:
@@ -105,8 +112,10 @@ def load_trained(source: str | os.PathLike, device: str | torch.device = "cpu",
             trained = _from_weights(weights, "run", text, device, runtime, load_weights, build_model, CheckpointError)
             trained.metrics = _read_metrics(path)
             return trained
-        raise InputError(f"{path}: a folder that is neither a run folder (no checkpoints/) nor a pretrained folder "
-                         f"(no {CONFIG_FILE}); expected {SOURCE_HELP}")
+        raise InputError(
+            f"{path}: a folder that is neither a run folder (no checkpoints/) nor a pretrained folder "
+            f"(no {CONFIG_FILE}); expected {SOURCE_HELP}"
+        )
     if path.is_file():
         return _from_weights(path, "weights", text, device, runtime, load_weights, build_model, CheckpointError)
     if looks_like_hub_id(text):
@@ -131,8 +140,11 @@ def _from_weights(weights: Path, kind, source, device, runtime, load_weights, bu
         raise InputError(str(e).splitlines()[0]) from None
     from ..engine.checkpoint import check_state_dict_fits, stored_dataset_spec
 
-    model = build_model(dataclasses.replace(cfg, runtime=runtime or RuntimeConfig()), load_backbone_weights=False,
-                        spec=stored_dataset_spec(extra, weights))  # a generic dataset's label space, no folder needed
+    model = build_model(
+        dataclasses.replace(cfg, runtime=runtime or RuntimeConfig()),
+        load_backbone_weights=False,
+        spec=stored_dataset_spec(extra, weights),
+    )  # a generic dataset's label space, no folder needed
 
     try:
         check_state_dict_fits(model, state, f"checkpoint {weights}")
@@ -152,15 +164,17 @@ def _scalar_metrics(metrics: dict[str, Any] | None, tasks) -> dict[str, dict[str
     for task in tasks:
         values = (metrics or {}).get(task)
         if isinstance(values, dict):
-            scalars = {k: float(v) for k, v in values.items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            scalars = {
+                k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
             if scalars:
                 out[task] = scalars
     return out
 
 
-def model_card_kwargs(trained: TrainedModel, *, name: str | None = None, license: str | None = None,
-                      source_name: str | None = None) -> dict[str, Any]:
+def model_card_kwargs(
+    trained: TrainedModel, *, name: str | None = None, license: str | None = None, source_name: str | None = None
+) -> dict[str, Any]:
     """The ``model_card_kwargs`` of :meth:`~pamm.models.PAMM.save_pretrained` for a loaded model: front matter
     (license, datasets, the run's metrics as a model index, preset) and Markdown details (training data and
     recipe, metrics table, provenance)."""
@@ -182,20 +196,40 @@ def model_card_kwargs(trained: TrainedModel, *, name: str | None = None, license
                   f"{cfg.train.batch_size}, weight decay {cfg.train.weight_decay:g}, loss weights "
                   + ", ".join(f"{t} {w:g}" for t, w in cfg.train.loss_weights.items() if t in meta.tasks),
                   ""]  # fmt: skip
+    metrics = trained.metrics or {}
     scalars = _scalar_metrics(trained.metrics, meta.tasks)
     if scalars:
-        split = (trained.metrics or {}).get("split", "val")
-        lines += ["## Metrics", "", f"On the {split} split (`metrics.json` of the run"
-                  + (f", checkpoint `{Path(trained.metrics['checkpoint']).name}`" if trained.metrics.get("checkpoint")
-                     else "") + "):", "", "| task | metric | value |", "|---|---|---:|"]
-        lines += [f"| {task} | {metric} | {value:.4f} |" for task, values in scalars.items()
-                  for metric, value in values.items()]
+        split = metrics.get("split", "val")
+        lines += [
+            "## Metrics",
+            "",
+            f"On the {split} split (`metrics.json` of the run"
+            + (f", checkpoint `{Path(metrics['checkpoint']).name}`" if metrics.get("checkpoint") else "")
+            + "):",
+            "",
+            "| task | metric | value |",
+            "|---|---|---:|",
+        ]
+        lines += [
+            f"| {task} | {metric} | {value:.4f} |"
+            for task, values in scalars.items()
+            for metric, value in values.items()
+        ]
         lines.append("")
         card_data["eval_results"] = [
-            EvalResult(task_type=_TASK_TYPES.get(task, task), task_name=task, dataset_type=meta.dataset,
-                       dataset_name=dataset, dataset_split=split, metric_type=metric, metric_name=f"{task} {metric}",
-                       metric_value=round(value, 6))
-            for task, values in scalars.items() for metric, value in values.items()]
+            EvalResult(
+                task_type=_TASK_TYPES.get(task, task),
+                task_name=task,
+                dataset_type=meta.dataset,
+                dataset_name=dataset,
+                dataset_split=split,
+                metric_type=metric,
+                metric_name=f"{task} {metric}",
+                metric_value=round(value, 6),
+            )
+            for task, values in scalars.items()
+            for metric, value in values.items()
+        ]
         card_data["model_name"] = name or (cfg.name if cfg is not None else "PAMM")
     report = trained.extra.get("report") if trained.extra else None
     if report:
@@ -209,11 +243,18 @@ def model_card_kwargs(trained: TrainedModel, *, name: str | None = None, license
                   f"outputs differ from those of any particular run of the released code (which re-draws the priors "
                   f"at random on every run).", ""]  # fmt: skip
     else:
-        lines += ["## Provenance", "", f"Exported from {trained.kind} `{trained.source}` "
-                  f"(weights `{trained.weights.name}`) with pamm.", ""]
-    kwargs: dict[str, Any] = {"details": "\n".join(lines).rstrip() + "\n", "card_data": card_data,
-                              "source": source_name or "FOLDER_OR_HUB_ID",
-                              "experiment_note": ", and the training config" if cfg is not None else ""}
+        lines += [
+            "## Provenance",
+            "",
+            f"Exported from {trained.kind} `{trained.source}` (weights `{trained.weights.name}`) with pamm.",
+            "",
+        ]
+    kwargs: dict[str, Any] = {
+        "details": "\n".join(lines).rstrip() + "\n",
+        "card_data": card_data,
+        "source": source_name or "FOLDER_OR_HUB_ID",
+        "experiment_note": ", and the training config" if cfg is not None else "",
+    }
     if license:
         card_data["license"] = license
     if name:
@@ -221,8 +262,15 @@ def model_card_kwargs(trained: TrainedModel, *, name: str | None = None, license
     return kwargs
 
 
-def export_pretrained(source: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
-                      name: str | None = None, license: str | None = None, hub_id: str | None = None) -> Path:
+def export_pretrained(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    name: str | None = None,
+    license: str | None = None,
+    hub_id: str | None = None,
+) -> Path:
     """Write a pretrained folder from any model source (module docstring), with a generated model card.
 
     Args:

@@ -70,7 +70,7 @@ def build_meters(
         elif task == "sal":
             meters[task] = SaliencyMeter(double_sigmoid=sal_double_sigmoid)
         elif task == "edge":
-            thresholds = SEISM_THRESHOLDS if edge else QUICK_THRESHOLDS
+            thresholds = (SEISM_THRESHOLDS if edge else QUICK_THRESHOLDS).tolist()
             meters[task] = EdgeMeter(
                 spec.edge_max_dist, thresholds=thresholds, gt_boundary=spec.edge_gt, workers=edge_workers
             )

@@ -71,7 +71,8 @@ class DepthMeter:
         pixels = int(self._state["pixels"][0])
         if pixels == 0:
             names = ("rmse", "log_rmse", "abs_rel", "sq_rel", "delta1", "delta2", "delta3")
-            return dict.fromkeys(names, float("nan")) | {"pixels": 0}
+            empty: dict[str, float | list] = {**dict.fromkeys(names, float("nan")), "pixels": 0}
+            return empty
         mean = {name: fixed_point_value(self._state[name]) / pixels for name in self._SUMS}
         within = self._state["within_delta"] / pixels * 100
         return {

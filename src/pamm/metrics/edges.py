@@ -129,12 +129,12 @@ def _thin_flat(image: np.ndarray, codes: np.ndarray, row_length: int, foreground
         candidates = candidates[image[candidates] == 1]
         removed = candidates[_THINNING_TABLES[which][codes[candidates]]]
         image[removed] = 0
-        touched = []
+        neighbours = []
         for bit, offset in enumerate(offsets):
             neighbour = removed - offset  # sees a removed pixel as its neighbour number ``bit``
             codes[neighbour] &= np.uint8(255 ^ (1 << bit))
-            touched.append(neighbour)
-        touched = np.concatenate(touched)
+            neighbours.append(neighbour)
+        touched = np.concatenate(neighbours)
         touched = _distinct(touched[image[touched] == 1])  # a pixel touched by several deletions is judged once
         pending[which] = touched
         if subiteration > 0:  # before that, the other table has yet to judge every pixel anyway
@@ -616,7 +616,7 @@ class EdgeMeter:
         self.protocol = EdgeProtocol(max_dist, tuple(thresholds), nms, quantize, gt_boundary)
         self.workers = workers
         self.ignore_index = ignore_index
-        self._pool = None
+        self._pool: multiprocessing.pool.Pool | None = None
         self._pending: list = []
         self.reset()
 
@@ -635,8 +635,9 @@ class EdgeMeter:
 
     def _get_pool(self):
         if self._pool is None:
-            self._pool = multiprocessing.get_context("spawn").Pool(self.workers)
-            weakref.finalize(self, self._pool.terminate)
+            pool = multiprocessing.get_context("spawn").Pool(self.workers)
+            weakref.finalize(self, pool.terminate)
+            self._pool = pool
         return self._pool
 
     def close(self) -> None:

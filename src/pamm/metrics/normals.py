@@ -93,7 +93,8 @@ class NormalsMeter:
         pixels = int(self._state["pixels"][0])
         names = ["mean", "median", "rmse"] + [f"within_{limit:g}" for limit in ANGLE_THRESHOLDS]
         if pixels == 0:
-            return {name: float("nan") for name in names} | {"pixels": 0}
+            empty: dict[str, float | list] = {**dict.fromkeys(names, float("nan")), "pixels": 0}
+            return empty
         within = self._state["within"] / pixels * 100
         values = [
             fixed_point_value(self._state["angle_sum"]) / pixels,

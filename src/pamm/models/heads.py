@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .layers import conv_bias
 
 __all__ = ["StageFusion", "TaskHead"]
 
@@ -26,7 +30,7 @@ class StageFusion(nn.Module):
     def forward(self, maps: list[Tensor]) -> Tensor:
         """S maps (b, d, H, W) -> (b, d, upsample*H, upsample*W)."""
         w = torch.softmax(self.weights(torch.cat(maps, dim=1)), dim=1)
-        fused = sum(w[:, i: i + 1] * m for i, m in enumerate(maps))
+        fused = cast(Tensor, sum(w[:, i : i + 1] * m for i, m in enumerate(maps)))  # S >= 1 maps: a tensor
         return F.interpolate(fused, scale_factor=self.upsample, mode="bilinear", align_corners=False)
 
 
@@ -35,10 +39,11 @@ class TaskHead(nn.Module):
 
     def __init__(self, dim: int, outputs: int):
         super().__init__()
-        self.proj = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.GELU())
+        conv = nn.Conv2d(dim, dim, 3, padding=1)
+        self.proj = nn.Sequential(conv, nn.BatchNorm2d(dim), nn.GELU())
         self.pred = nn.Conv2d(dim, outputs, 1)
-        nn.init.trunc_normal_(self.proj[0].weight, std=0.02)
-        nn.init.normal_(self.pred.bias, std=0.02)
+        nn.init.trunc_normal_(conv.weight, std=0.02)
+        nn.init.normal_(conv_bias(self.pred), std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
         """(b, d, H, W) -> (b, outputs, H, W)."""

@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["TaskConv1x1", "conv_default_init_"]
+__all__ = ["TaskConv1x1", "conv_default_init_", "conv_bias"]
+
+
+def conv_bias(conv: nn.Conv2d) -> Tensor:
+    """The bias of a convolution built with one (``bias=True``, Conv2d's default)."""
+    if conv.bias is None:
+        raise ValueError(f"{conv} has no bias")
+    return conv.bias
 
 
 def conv_default_init_(weight: Tensor, bias: Tensor | None, fan_in: int, zero_bias: bool = False) -> None:

@@ -21,6 +21,7 @@ through the scan orders (no permuted copies). The released code's per-task, per-
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -83,10 +84,18 @@ class PAMEStage(SharedStage):
         self.scan_backend = "auto"
         self.task_norm = nn.GroupNorm(32 * t, t * d)  # GroupNorm(32, d) per task
         self.gate_proj = TaskConv1x1(t, d, d)
-        expert_kwargs = dict(num_experts=cfg.num_experts, top_k=cfg.top_k, grid=grid, router_noise=cfg.router_noise,
-                             general_detach=cfg.general_detach)
-        self.x_experts = (ParameterExperts(t, d, d, rank=cfg.x_expert_rank, kernel=cfg.x_expert_kernel,
-                                           **expert_kwargs) if cfg.x_experts else None)
+        expert_kwargs: dict[str, Any] = dict(
+            num_experts=cfg.num_experts,
+            top_k=cfg.top_k,
+            grid=grid,
+            router_noise=cfg.router_noise,
+            general_detach=cfg.general_detach,
+        )
+        self.x_experts = (
+            ParameterExperts(t, d, d, rank=cfg.x_expert_rank, kernel=cfg.x_expert_kernel, **expert_kwargs)
+            if cfg.x_experts
+            else None
+        )
         self.expand_proj = TaskConv1x1(t, d, di)
         r = cfg.resolved_dt_rank
         self.dt_down = TaskConv1x1(t, di, r, bias=False)
@@ -97,6 +106,7 @@ class PAMEStage(SharedStage):
         with torch.no_grad():
             nn.init.trunc_normal_(self.dt_down.weight, std=0.02)  # released model's effective Linear init
             self.dt_up.weight.uniform_(-(r**-0.5), r**-0.5)  # Mamba's Δ init (kept: not overwritten later)
+        self.bc: DualParameterExperts | TaskConv1x1
         if cfg.experts:
             self.bc = DualParameterExperts(t, di, n, rank=cfg.expert_rank, kernel=cfg.expert_kernel, **expert_kwargs)
         else:
@@ -147,8 +157,15 @@ class PAMEStage(SharedStage):
         delta = self.dt_up(self.dt_down(x))
         b_map, c_map, bc_routing = self._bc_maps(x)
         y = selective_scan(
-            x.flatten(2), delta.flatten(2), -torch.exp(self.A_log).flatten(0, 1), b_map, c_map,
-            self.D.flatten(), self.dt_bias.flatten(), delta_softplus=True, orders=self.orders(h, w, x.device),
+            x.flatten(2),
+            delta.flatten(2),
+            -torch.exp(self.A_log).flatten(0, 1),
+            b_map,
+            c_map,
+            self.D.flatten(),
+            self.dt_bias.flatten(),
+            delta_softplus=True,
+            orders=self.orders(h, w, x.device),
             backend=self.scan_backend,
         )
         out = self.out_proj(y.view(b, self.tasks * self.inner, h, w)) * z + feat

@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import ACTIVATION_CHECKPOINT_PLACES, Config, ModelConfig, RuntimeConfig
+from ..config import ACTIVATION_CHECKPOINT_PLACES, Config, ModelConfig, RuntimeConfig, pair
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 from ..tasks import DATASETS, DatasetSpec, dataset_spec
 from .backbone import build_backbone
 from .heads import StageFusion, TaskHead
+from .layers import conv_bias
 from .pame import PAMEStage
 from .pretrained import PretrainedMixin
 from .shared import SharedStage
@@ -57,9 +58,15 @@ class ModelMeta:
         config's dataset, ``cfg.data.spec``; a checkpoint passes the label space it was trained with)."""
         spec = spec or cfg.data.spec
         tasks = spec.select(cfg.data.tasks, "config key 'data.tasks'")
-        return cls(dataset=spec.name, tasks=tasks, num_outputs={t: spec.num_outputs[t] for t in tasks},
-                   train_size=tuple(cfg.data.train_size), stride=cfg.model.backbone.patch_size,
-                   test_size=tuple(cfg.data.test_size), label_space=None if DATASETS.get(spec.name) == spec else spec)
+        return cls(
+            dataset=spec.name,
+            tasks=tasks,
+            num_outputs={t: spec.num_outputs[t] for t in tasks},
+            train_size=pair(cfg.data.train_size),
+            stride=cfg.model.backbone.patch_size,
+            test_size=pair(cfg.data.test_size),
+            label_space=None if DATASETS.get(spec.name) == spec else spec,
+        )
 
     @property
     def spec(self) -> DatasetSpec:
@@ -92,27 +99,33 @@ class PAMM(nn.Module, PretrainedMixin):
     :class:`PAMEStage` (no selective scan, no routers), same fusion and heads.
     """
 
-    def __init__(self, cfg: ModelConfig, meta: ModelMeta, load_backbone_weights: bool = True,
-                 runtime: RuntimeConfig | None = None):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        meta: ModelMeta,
+        load_backbone_weights: bool = True,
+        runtime: RuntimeConfig | None = None,
+    ):
         super().__init__()
         self.cfg, self.meta = cfg, meta
         self.tasks = list(meta.tasks)
         self.backbone = build_backbone(cfg.backbone, meta.train_size, load_weights=load_backbone_weights)
         stride = self.backbone.stride
         grid = (meta.train_size[0] // stride, meta.train_size[1] // stride)
-        t = len(self.tasks)
+        n_tasks = len(self.tasks)
+        stages: list[SharedStage]  # a PAMEStage is a SharedStage with the scan
         if cfg.decoder == "pamm":
-            stages = [PAMEStage(c, t, cfg, grid) for c in self.backbone.out_channels]
+            stages = [PAMEStage(c, n_tasks, cfg, grid) for c in self.backbone.out_channels]
         else:
-            stages = [SharedStage(c, t, cfg.dim) for c in self.backbone.out_channels]
+            stages = [SharedStage(c, n_tasks, cfg.dim) for c in self.backbone.out_channels]
         self.stages = nn.ModuleList(stages)
-        n_stages = len(self.stages)
-        self.fusion = nn.ModuleDict({t: StageFusion(cfg.dim, n_stages) for t in self.tasks})
-        self.heads = nn.ModuleDict({t: TaskHead(cfg.dim, meta.num_outputs[t]) for t in self.tasks})
+        self.fusion = nn.ModuleDict({t: StageFusion(cfg.dim, len(stages)) for t in self.tasks})
+        heads = {t: TaskHead(cfg.dim, meta.num_outputs[t]) for t in self.tasks}
         with torch.no_grad():
             for t, value in cfg.head_bias_init.items():
-                if t in self.heads:
-                    self.heads[t].pred.bias.fill_(value)
+                if t in heads:
+                    conv_bias(heads[t].pred).fill_(value)
+        self.heads = nn.ModuleDict(heads)
         self.set_runtime(runtime or RuntimeConfig())
 
     @property
@@ -144,7 +157,12 @@ class PAMM(nn.Module, PretrainedMixin):
     def no_weight_decay(self) -> set[str]:
         """Names of the parameters trained without weight decay (timm's convention): every PAME stage's A_log, D,
         dt_bias and task priors. Everything else, the backbone included, is decayed."""
-        return {f"stages.{i}.{name}" for i, stage in enumerate(self.stages) for name in stage.no_weight_decay()}
+        return {
+            f"stages.{i}.{name}"
+            for i, stage in enumerate(self.stages)
+            if isinstance(stage, SharedStage)  # every stage (PAMEStage extends it)
+            for name in stage.no_weight_decay()
+        }
 
     # ---- forward -------------------------------------------------------------------------------------------
 
@@ -152,8 +170,10 @@ class PAMM(nn.Module, PretrainedMixin):
         """Raise ValueError unless the input's height and width are multiples of the backbone stride."""
         h, w = images.shape[-2:]
         if h % self.stride or w % self.stride:
-            raise ValueError(f"input size {h}x{w} must be a multiple of the backbone stride {self.stride} "
-                             f"(pad the image; the evaluation transforms do)")
+            raise ValueError(
+                f"input size {h}x{w} must be a multiple of the backbone stride {self.stride} "
+                f"(pad the image; the evaluation transforms do)"
+            )
 
     def _run_stage(self, stage: nn.Module, f: Tensor) -> tuple[Tensor, list[Tensor]]:
         if "stages" in self.runtime.activation_checkpointing and self.training and torch.is_grad_enabled():
@@ -175,12 +195,13 @@ class PAMM(nn.Module, PretrainedMixin):
         feats = self.backbone(images)
         if self.runtime.channels_last and images.is_cuda:
             feats = [f.contiguous(memory_format=torch.channels_last) for f in feats]
-        stage_outputs, routing = [], []
+        stage_outputs: list[Tensor] = []
+        routing: list[Tensor] = []
         for stage, f in zip(self.stages, feats):
             out, gates = self._run_stage(stage, f)
             stage_outputs.append(out)
             routing.extend(g[:, t] for g in gates for t in range(g.shape[1]))
-        outputs = self.task_predictions(stage_outputs, tuple(images.shape[-2:]))
+        outputs = self.task_predictions(stage_outputs, pair(images.shape[-2:]))
         return (outputs, routing) if return_routing else outputs
 
 
@@ -188,5 +209,6 @@ def build_model(cfg: Config, load_backbone_weights: bool = True, spec: DatasetSp
     """Build the model of an experiment config: tasks and head sizes from ``spec`` (default: the config's dataset,
     ``cfg.data.spec``; a checkpoint passes the label space it was trained with), execution settings from
     ``cfg.runtime``."""
-    return PAMM(cfg.model, ModelMeta.from_config(cfg, spec), load_backbone_weights=load_backbone_weights,
-                runtime=cfg.runtime)
+    return PAMM(
+        cfg.model, ModelMeta.from_config(cfg, spec), load_backbone_weights=load_backbone_weights, runtime=cfg.runtime
+    )

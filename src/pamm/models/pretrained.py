@@ -26,14 +26,18 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 
+from .._version import __version__
 from ..config import ConfigError, RuntimeConfig, config_from_checkpoint, config_to_dict
 from ..errors import InputError, ResourceError
 from ..tasks import DatasetSpec
+
+if TYPE_CHECKING:
+    from .pamm import PAMM
 
 __all__ = ["PretrainedMixin", "PRETRAINED_FORMAT", "CONFIG_FILE", "WEIGHTS_FILE", "CARD_FILE", "file_sha256",
            "is_pretrained_folder"]  # fmt: skip
@@ -113,12 +117,12 @@ def _meta_dict(meta: Any) -> dict[str, Any]:
 def _meta_from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     try:
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
         if values.get("label_space") is not None:  # a generic dataset's label space (pamm.tasks.DatasetSpec)
             values["label_space"] = DatasetSpec.from_dict(values["label_space"])
         return cls(**values)
     except (TypeError, ValueError) as e:
-        raise InputError(f"{where}: invalid \"meta\" entry ({e})") from None
+        raise InputError(f'{where}: invalid "meta" entry ({e})') from None
 
 
 def _hub_error(source: str, e: Exception) -> Exception:
@@ -127,19 +131,24 @@ def _hub_error(source: str, e: Exception) -> Exception:
 
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     if isinstance(e, errors.HFValidationError):
-        return InputError(f"{source}: no such folder, and not a Hub model id (expected a pretrained folder with "
-                          f"config.json and model.safetensors, or an id such as org/name)")
+        return InputError(
+            f"{source}: no such folder, and not a Hub model id (expected a pretrained folder with "
+            f"config.json and model.safetensors, or an id such as org/name)"
+        )
     if isinstance(e, errors.RevisionNotFoundError):
         return InputError(f"{source}: the Hub repository has no such revision")
     if isinstance(e, errors.RepositoryNotFoundError):
-        return InputError(f"{source}: no such folder, and no such model on the Hub (or it is private: log in with "
-                          f"`hf auth login`)")
+        return InputError(
+            f"{source}: no such folder, and no such model on the Hub (or it is private: log in with `hf auth login`)"
+        )
     if isinstance(e, errors.RemoteEntryNotFoundError):
         return InputError(f"{source}: the Hub repository lacks a file of a pamm pretrained model")
     if isinstance(e, errors.LocalEntryNotFoundError):
         where = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
-        return InputError(f"{source}: no such folder, and no cached copy of this Hub model ({where}; cache: "
-                          f"{_cache_dir()}); expected a pretrained folder or a cached Hub model id")
+        return InputError(
+            f"{source}: no such folder, and no cached copy of this Hub model ({where}; cache: "
+            f"{_cache_dir()}); expected a pretrained folder or a cached Hub model id"
+        )
     return ResourceError(f"{source}: the Hub could not be reached ({type(e).__name__}: {str(e).splitlines()[0]})")
 
 
@@ -154,8 +163,10 @@ def _fetch(source: str, name: str, hub: dict[str, Any]) -> Path:
     if os.path.isdir(source):
         path = Path(source) / name
         if not path.is_file():
-            raise InputError(f"{path}: missing; a pamm pretrained folder holds {CONFIG_FILE}, {WEIGHTS_FILE} and "
-                             f"{CARD_FILE} (written by save_pretrained or `pamm export --format pretrained`)")
+            raise InputError(
+                f"{path}: missing; a pamm pretrained folder holds {CONFIG_FILE}, {WEIGHTS_FILE} and "
+                f"{CARD_FILE} (written by save_pretrained or `pamm export --format pretrained`)"
+            )
         return path
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import RemoteEntryNotFoundError
@@ -177,13 +188,30 @@ class PretrainedMixin(
     tags=["pamm", "multi-task", "dense-prediction", "semantic-segmentation", "depth-estimation", "mamba"],
     model_card_template=_CARD_TEMPLATE,
 ):
-    """``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` for PAMM (module docstring)."""
+    """``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` for PAMM (module docstring). Mixed into
+    :class:`~pamm.models.PAMM` only: its methods use the model's ``cfg``, ``meta`` and weights."""
+
+    _pretrained_experiment: dict[str, Any] | None = None
+    pretrained_experiment: dict[str, Any] | None = None
+
+    @property
+    def _model(self) -> PAMM:
+        """This object as the model it is part of (the mixin's only host is PAMM)."""
+        return cast("PAMM", self)
 
     # ---- saving ----------------------------------------------------------------------------------------------
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *, config: Any = None, overwrite: bool = False,
-                        repo_id: str | None = None, push_to_hub: bool = False,
-                        model_card_kwargs: dict[str, Any] | None = None, **push_to_hub_kwargs) -> str | None:
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        config: Any = None,
+        overwrite: bool = False,
+        repo_id: str | None = None,
+        push_to_hub: bool = False,
+        model_card_kwargs: dict[str, Any] | None = None,
+        **push_to_hub_kwargs,
+    ) -> str | None:
         """Write a pretrained folder (module docstring), all or nothing.
 
         Args:
@@ -208,18 +236,24 @@ class PretrainedMixin(
                 raise InputError(f"{target}: exists and is not a folder; choose another path for the pretrained folder")
             if any(target.iterdir()):
                 if not overwrite:
-                    raise InputError(f"{target}: the folder exists and is not empty; pass overwrite=True "
-                                     f"(--overwrite) to replace a pretrained folder, or choose another path")
+                    raise InputError(
+                        f"{target}: the folder exists and is not empty; pass overwrite=True "
+                        f"(--overwrite) to replace a pretrained folder, or choose another path"
+                    )
                 if not is_pretrained_folder(target):
-                    raise InputError(f"{target}: not a pamm pretrained folder (no pamm {CONFIG_FILE}); it is never "
-                                     f"replaced, even with overwrite")
+                    raise InputError(
+                        f"{target}: not a pamm pretrained folder (no pamm {CONFIG_FILE}); it is never "
+                        f"replaced, even with overwrite"
+                    )
         experiment = None
         if config is not None:
             if isinstance(config, dict):
                 config = config_from_checkpoint(config)
-            if config_to_dict(config.model) != config_to_dict(self.cfg):
-                raise InputError("save_pretrained: config.model differs from the model's architecture; pass the "
-                                 "experiment config the model was built from")
+            if config_to_dict(config.model) != config_to_dict(self._model.cfg):
+                raise InputError(
+                    "save_pretrained: config.model differs from the model's architecture; pass the "
+                    "experiment config the model was built from"
+                )
             experiment = config_to_dict(config)
             experiment.pop("runtime", None)
         self._pretrained_experiment = experiment
@@ -229,8 +263,9 @@ class PretrainedMixin(
         finally:
             self._pretrained_experiment = None
         if push_to_hub:
-            return self.push_to_hub(repo_id or target.name, config=config, model_card_kwargs=model_card_kwargs,
-                                    **push_to_hub_kwargs)
+            return self.push_to_hub(
+                repo_id or target.name, config=config, model_card_kwargs=model_card_kwargs, **push_to_hub_kwargs
+            )
         return None
 
     def _save_pretrained(self, save_directory: Path) -> None:
@@ -239,21 +274,20 @@ class PretrainedMixin(
         from safetensors.torch import save_file
 
         weights = save_directory / WEIGHTS_FILE
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        model = self._model
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if bad:
             raise InputError(f"refusing to save: non-finite values in {', '.join(bad[:5])}")
         save_file(state, str(weights), metadata={"format": "pt", "pamm_format": PRETRAINED_FORMAT})
-        from .. import __version__
-
         description = {
             "format": PRETRAINED_FORMAT,
             "pamm_version": __version__,
-            "model": config_to_dict(self.cfg),
-            "meta": _meta_dict(self.meta),
+            "model": config_to_dict(model.cfg),
+            "meta": _meta_dict(model.meta),
             "weights": {"file": WEIGHTS_FILE, "bytes": weights.stat().st_size, "sha256": file_sha256(weights)},
         }
-        experiment = getattr(self, "_pretrained_experiment", None)
+        experiment = self._pretrained_experiment
         if experiment is not None:
             description["experiment"] = experiment
         (save_directory / CONFIG_FILE).write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
@@ -261,19 +295,27 @@ class PretrainedMixin(
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
         """The model card: the Hub's front matter (library, license, tags, and ``card_data`` entries) and a
         description of the model; ``details`` (Markdown) is added under it, ``source`` names it in the examples."""
-        meta = self.meta
+        model = self._model
+        meta = model.meta
         data = ModelCardData(**self._hub_mixin_info.model_card_data.to_dict())
         extra = dict(kwargs.pop("card_data", None) or {})
         eval_results = extra.pop("eval_results", None)
         for key, value in extra.items():
             setattr(data, key, value)
-        data.pamm = {**(getattr(data, "pamm", None) or {}), "dataset": meta.dataset, "tasks": list(meta.tasks),
-                     "num_outputs": dict(meta.num_outputs), "train_size": list(meta.train_size), "stride": meta.stride}
+        # ModelCardData keeps any extra entry as an attribute (its **kwargs); the class declares the standard ones
+        data.pamm = {  # type: ignore[attr-defined]
+            **(getattr(data, "pamm", None) or {}),
+            "dataset": meta.dataset,
+            "tasks": list(meta.tasks),
+            "num_outputs": dict(meta.num_outputs),
+            "train_size": list(meta.train_size),
+            "stride": meta.stride,
+        }
         if eval_results:
             data.eval_results = eval_results
             data.model_name = data.model_name or kwargs.get("title") or "PAMM"
-        total, backbone = _count(self), _count(self.backbone)
-        cfg = self.cfg
+        total, backbone = _count(model), _count(model.backbone)
+        cfg = model.cfg
         summary = "\n".join([
             f"PAMM (Parameter Aware Mamba Model, [arXiv 2511.14503]({PAPER_URL})) for multi-task dense prediction: one "
             f"image in, {len(meta.tasks)} dense maps out ({', '.join(meta.tasks)}; {meta.dataset} label space).",
@@ -292,17 +334,31 @@ class PretrainedMixin(
         kwargs.setdefault("details", "")
         kwargs.setdefault("source", "FOLDER_OR_HUB_ID")
         return ModelCard.from_template(
-            card_data=data, template_str=self._hub_mixin_info.model_card_template, summary=summary,
-            repo_url=REPO_URL, paper_url=PAPER_URL,
-            experiment_note=kwargs.pop("experiment_note", ""), **kwargs)
+            card_data=data,
+            template_str=self._hub_mixin_info.model_card_template,
+            summary=summary,
+            repo_url=REPO_URL,
+            paper_url=PAPER_URL,
+            experiment_note=kwargs.pop("experiment_note", ""),
+            **kwargs,
+        )
 
     # ---- loading ---------------------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, force_download: bool = False,
-                        token: str | bool | None = None, cache_dir: str | os.PathLike | None = None,
-                        local_files_only: bool = False, revision: str | None = None,
-                        map_location: str | torch.device = "cpu", runtime: RuntimeConfig | None = None):
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        force_download: bool = False,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        revision: str | None = None,
+        map_location: str | torch.device = "cpu",
+        runtime: RuntimeConfig | None = None,
+        **model_kwargs: Any,
+    ) -> PAMM:
         """Load a pretrained folder or a Hub model (``org/name``; downloaded once into the Hub cache, or read from it
         with ``HF_HUB_OFFLINE=1`` / ``local_files_only``), verified (module docstring).
 
@@ -311,6 +367,7 @@ class PretrainedMixin(
             revision, cache_dir, force_download, token, local_files_only: huggingface_hub's download options.
             map_location: device of the returned model.
             runtime: how to execute it (scan backend, ...); defaults when None.
+            model_kwargs: none is accepted (a TypeError): the architecture comes from config.json.
 
         Returns:
             the model in eval mode; ``model.pretrained_experiment`` holds the stored experiment config dict (or None).
@@ -319,21 +376,43 @@ class PretrainedMixin(
             InputError: a missing, invalid, changed or mismatched file, or an unknown model (one line each).
             ResourceError: the Hub could not be reached.
         """
-        source = str(pretrained_model_name_or_path)
-        hub = dict(revision=revision, cache_dir=cache_dir, force_download=force_download, token=token,
-                   local_files_only=local_files_only)
-        return cls._from_pretrained(model_id=source, map_location=map_location, runtime=runtime, **hub)
+        if model_kwargs:
+            raise TypeError(f"from_pretrained() got unexpected keyword arguments: {', '.join(model_kwargs)}")
+        return cls._from_pretrained(
+            model_id=str(pretrained_model_name_or_path),
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            token=token,
+            local_files_only=local_files_only,
+            map_location=map_location,
+            runtime=runtime,
+        )
 
     @classmethod
-    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: str | os.PathLike | None,
-                         force_download: bool, local_files_only: bool, token: str | bool | None,
-                         map_location: str | torch.device = "cpu", runtime: RuntimeConfig | None = None,
-                         **unused: Any):
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | os.PathLike | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        map_location: str | torch.device = "cpu",
+        runtime: RuntimeConfig | None = None,
+        **unused: Any,
+    ) -> PAMM:
         """The mixin's hook (see :meth:`from_pretrained`)."""
         from safetensors import safe_open
 
-        hub = dict(revision=revision, cache_dir=cache_dir, force_download=force_download, token=token,
-                   local_files_only=local_files_only)
+        hub: dict[str, Any] = dict(
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            token=token,
+            local_files_only=local_files_only,
+        )
         config_path = _fetch(model_id, CONFIG_FILE, hub)
         try:
             description = json.loads(config_path.read_text(encoding="utf-8"))
@@ -341,11 +420,12 @@ class PretrainedMixin(
             raise InputError(f"{config_path}: not valid JSON ({e})") from None
         if not isinstance(description, dict) or description.get("format") != PRETRAINED_FORMAT:
             found = description.get("format") if isinstance(description, dict) else None
-            raise InputError(f"{config_path}: not a pamm pretrained config (format {found!r}, expected "
-                             f"{PRETRAINED_FORMAT!r})")
+            raise InputError(
+                f"{config_path}: not a pamm pretrained config (format {found!r}, expected {PRETRAINED_FORMAT!r})"
+            )
         record = description.get("weights")
         if not isinstance(record, dict) or not {"sha256", "bytes"} <= set(record):
-            raise InputError(f"{config_path}: no \"weights\" record (bytes, sha256) of {WEIGHTS_FILE}")
+            raise InputError(f'{config_path}: no "weights" record (bytes, sha256) of {WEIGHTS_FILE}')
         try:
             model_cfg = config_from_checkpoint({"model": description.get("model") or {}}).model
         except ConfigError as e:
@@ -356,10 +436,12 @@ class PretrainedMixin(
         weights = _fetch(model_id, record.get("file", WEIGHTS_FILE), hub)
         size = weights.stat().st_size
         if size != record["bytes"] or file_sha256(weights) != record["sha256"]:
-            raise InputError(f"{weights}: its content differs from the SHA-256 recorded in {CONFIG_FILE} ({size:,} "
-                             f"bytes, {record['bytes']:,} recorded): the file was changed or damaged; download or "
-                             f"export it again")
-        model = cls(model_cfg, meta, load_backbone_weights=False, runtime=runtime)
+            raise InputError(
+                f"{weights}: its content differs from the SHA-256 recorded in {CONFIG_FILE} ({size:,} "
+                f"bytes, {record['bytes']:,} recorded): the file was changed or damaged; download or "
+                f"export it again"
+            )
+        model = cast("PAMM", cls(model_cfg, meta, load_backbone_weights=False, runtime=runtime))
         own = model.state_dict()
         try:
             with safe_open(str(weights), framework="pt") as f:
@@ -367,9 +449,15 @@ class PretrainedMixin(
                 missing, unexpected = sorted(set(own) - names), sorted(names - set(own))
                 shapes = [k for k in names & set(own) if tuple(f.get_slice(k).get_shape()) != tuple(own[k].shape)]
                 if missing or unexpected or shapes:
-                    parts = [f"{len(v)} {what} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
-                             for what, v in (("missing", missing), ("unexpected", unexpected),
-                                             ("mis-shaped", sorted(shapes))) if v]
+                    parts = [
+                        f"{len(v)} {what} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
+                        for what, v in (
+                            ("missing", missing),
+                            ("unexpected", unexpected),
+                            ("mis-shaped", sorted(shapes)),
+                        )
+                        if v
+                    ]
                     raise InputError(f"{weights}: does not fit the architecture in {CONFIG_FILE}: {'; '.join(parts)}")
                 state = {k: f.get_tensor(k) for k in names}
         except InputError:

@@ -23,19 +23,28 @@ Used by ``tests/test_model.py`` (fused == reference in float64: outputs and ever
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import pair
 from ..ops import selective_scan
 from .experts import DualParameterExperts, ParameterExperts, TaskRouters, noisy_top_k
-from .layers import TaskConv1x1
+from .layers import TaskConv1x1, conv_bias
 from .pame import PAMEStage
 from .pamm import PAMM
 from .shared import SharedStage
 
-__all__ = ["forward_reference", "stage_reference", "parameter_experts_reference", "router_reference",
-           "gates_reference", "top_k_sample_loop"]
+__all__ = [
+    "forward_reference",
+    "stage_reference",
+    "parameter_experts_reference",
+    "router_reference",
+    "gates_reference",
+    "top_k_sample_loop",
+]
 
 
 def forward_reference(model: PAMM, images: Tensor, return_routing: bool = False):
@@ -46,13 +55,23 @@ def forward_reference(model: PAMM, images: Tensor, return_routing: bool = False)
     applied, as in the released code.
     """
     model.check_input_size(images)
-    stage_outputs, routing = [], []
+    stage_outputs: list[Tensor] = []
+    routing: list[Tensor] = []
     for stage, f in zip(model.stages, model.backbone(images)):
+        assert isinstance(stage, SharedStage)  # PAMM's stages (PAMEStage extends it)
         out, gates = stage_reference(stage, f)
         stage_outputs.append(out)
         routing.extend(gates)
-    outputs = model.task_predictions(stage_outputs, tuple(images.shape[-2:]))
+    outputs = model.task_predictions(stage_outputs, pair(images.shape[-2:]))
     return (outputs, routing) if return_routing else outputs
+
+
+def _sum(terms: list[Tensor]) -> Tensor:
+    """terms[0] + terms[1] + ..., left to right (a running sum, as the released code adds them up)."""
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
 
 
 def _task_conv1x1(conv: TaskConv1x1, x: Tensor, t: int) -> Tensor:
@@ -73,20 +92,29 @@ def stage_reference(stage: SharedStage, f: Tensor) -> tuple[Tensor, list[Tensor]
     """
     s = stage.input_norm(stage.first_decode(f))
     d = stage.dim
-    feats = [F.conv2d(s, stage.task_conv.weight[i * d: (i + 1) * d], stage.task_conv.bias[i * d: (i + 1) * d],
-                      padding=1) for i in range(stage.tasks)]
+    weight, bias = stage.task_conv.weight, conv_bias(stage.task_conv)
+    feats = [F.conv2d(s, weight[i * d : (i + 1) * d], bias[i * d : (i + 1) * d], padding=1) for i in range(stage.tasks)]
     if not isinstance(stage, PAMEStage):
         return torch.cat(feats, dim=1), []
     b, _, h, w = s.shape
-    normed = [F.group_norm(feat, 32, stage.task_norm.weight[i * d: (i + 1) * d],
-                           stage.task_norm.bias[i * d: (i + 1) * d], stage.task_norm.eps)
-              for i, feat in enumerate(feats)]
+    normed = [
+        F.group_norm(
+            feat,
+            32,
+            stage.task_norm.weight[i * d : (i + 1) * d],
+            stage.task_norm.bias[i * d : (i + 1) * d],
+            stage.task_norm.eps,
+        )
+        for i, feat in enumerate(feats)
+    ]
     gates_z = [F.silu(_task_conv1x1(stage.gate_proj, n, i)) for i, n in enumerate(normed)]
     routing: list[Tensor] = []
     if stage.x_experts is not None:  # the x-branch experts (computed and discarded by the released code)
         normed, x_gates = parameter_experts_reference(stage.x_experts, normed)
         routing += x_gates
     xs = [_task_conv1x1(stage.expand_proj, F.silu(n), i) for i, n in enumerate(normed)]
+    b_maps: Sequence[Tensor]
+    c_maps: Sequence[Tensor]
     if isinstance(stage.bc, DualParameterExperts):
         b_maps, b_gates = parameter_experts_reference(stage.bc.B, xs)
         c_maps, c_gates = parameter_experts_reference(stage.bc.C, xs)
@@ -102,12 +130,22 @@ def stage_reference(stage: SharedStage, f: Tensor) -> tuple[Tensor, list[Tensor]
             b_i = b_i + stage.prior.B[i][None, :, None]
             c_i = c_i + stage.prior.C[i][None, :, None]
         a = -torch.exp(stage.A_log[i])
-        y = 0
+        directions = []
         for order in stage.orders(h, w, s.device):
             inverse = torch.argsort(order)
-            y_k = selective_scan(u[..., order], delta[..., order], a, b_i[..., order], c_i[..., order], stage.D[i],
-                                 stage.dt_bias[i], delta_softplus=True, backend=stage.scan_backend)
-            y = y + y_k[..., inverse]
+            y_k = selective_scan(
+                u[..., order],
+                delta[..., order],
+                a,
+                b_i[..., order],
+                c_i[..., order],
+                stage.D[i],
+                stage.dt_bias[i],
+                delta_softplus=True,
+                backend=stage.scan_backend,
+            )
+            directions.append(y_k[..., inverse])
+        y = _sum(directions)
         outs.append(_task_conv1x1(stage.out_proj, y.view(b, stage.inner, h, w), i) * gates_z[i] + feats[i])
     return torch.cat(outs, dim=1), routing
 
@@ -121,7 +159,7 @@ def router_reference(router: TaskRouters, x: Tensor, t: int) -> Tensor:
     f = F.layer_norm(f.permute(0, 2, 3, 1), (f.shape[1],), router.channel_norm_weight[t], router.channel_norm_bias[t])
     f = F.conv2d(F.gelu(f).permute(0, 3, 1, 2), router.channel_mix[t, :, :, None, None], router.channel_mix_bias[t])
     f = f.mean(dim=(2, 3))
-    s = F.linear(x.reshape(b, c, h * w), router.pool_weight((h, w))[t: t + 1], router.pool_bias[t: t + 1])[..., 0]
+    s = F.linear(x.reshape(b, c, h * w), router.pool_weight((h, w))[t : t + 1], router.pool_bias[t : t + 1])[..., 0]
     s = F.gelu(F.layer_norm(s, (c,), router.spatial_norm_weight[t], router.spatial_norm_bias[t]))
     s = F.linear(s, router.spatial_proj[t], router.spatial_proj_bias[t])
     return F.linear(torch.cat([f, s], dim=1), router.head[t], router.head_bias[t])
@@ -153,9 +191,18 @@ def _task_batch_norm(norm: nn.BatchNorm2d, x: Tensor, t: int, channels: int) -> 
     in training, as a separate BatchNorm2d per task would)."""
     sl = slice(t * channels, (t + 1) * channels)
     use_batch = norm.training or norm.running_mean is None
-    return F.batch_norm(x, None if norm.running_mean is None else norm.running_mean[sl],
-                        None if norm.running_var is None else norm.running_var[sl],
-                        norm.weight[sl], norm.bias[sl], use_batch, norm.momentum, norm.eps)
+    if norm.momentum is None:
+        raise ValueError("a BatchNorm with a cumulative average (momentum=None) has no reference here")
+    return F.batch_norm(
+        x,
+        None if norm.running_mean is None else norm.running_mean[sl],
+        None if norm.running_var is None else norm.running_var[sl],
+        norm.weight[sl],
+        norm.bias[sl],
+        use_batch,
+        norm.momentum,
+        norm.eps,
+    )
 
 
 def parameter_experts_reference(experts: ParameterExperts, xs: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
@@ -172,15 +219,19 @@ def parameter_experts_reference(experts: ParameterExperts, xs: list[Tensor]) -> 
     outs, gates = [], []
     for t, x in enumerate(xs):
         g, mix = gates_reference(experts, router_reference(experts.router, x, t))
-        mixture = 0
+        weighted = []
         for i in range(experts.num_experts):
             rows = slice(i * r, (i + 1) * r)
             h = F.conv2d(x, experts.expert_down[rows], experts.expert_down_bias[rows], padding=pad)
             h = F.conv2d(h, experts.expert_up[i, :, :, None, None], experts.expert_up_bias[i])
-            mixture = mixture + g[:, i, None, None, None].to(h.dtype) * h
+            weighted.append(g[:, i, None, None, None].to(h.dtype) * h)
+        mixture = _sum(weighted)
         rows = slice(t * r, (t + 1) * r)
-        task = F.conv2d(F.conv2d(x, experts.task_down[rows], experts.task_down_bias[rows], padding=pad),
-                        experts.task_up[t, :, :, None, None], experts.task_up_bias[t])
+        task = F.conv2d(
+            F.conv2d(x, experts.task_down[rows], experts.task_down_bias[rows], padding=pad),
+            experts.task_up[t, :, :, None, None],
+            experts.task_up_bias[t],
+        )
         general = experts.general(x.detach() if experts.general_detach else x)
         y = _task_batch_norm(experts.norm_experts, mixture, t, n) + task * mix[:, None, None, None] + general
         outs.append(_task_batch_norm(experts.norm_out, y, t, n))

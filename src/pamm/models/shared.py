@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .layers import conv_default_init_
+from .layers import conv_bias, conv_default_init_
 
 __all__ = ["SharedStage"]
 
@@ -40,9 +40,9 @@ class SharedStage(nn.Module):
         self.first_decode = nn.Conv2d(in_channels, d, 3, padding=1)
         self.input_norm = nn.GroupNorm(32, d)
         self.task_conv = nn.Conv2d(d, t * d, 3, padding=1)
+        weight, bias = self.task_conv.weight, conv_bias(self.task_conv)
         for i in range(t):
-            conv_default_init_(self.task_conv.weight[i * d: (i + 1) * d], self.task_conv.bias[i * d: (i + 1) * d],
-                               d * 9)
+            conv_default_init_(weight[i * d : (i + 1) * d], bias[i * d : (i + 1) * d], d * 9)
 
     def task_features(self, f: Tensor) -> Tensor:
         """f (b, C_in, H, W) -> the T task maps, stacked (b, T*d, H, W)."""

@@ -19,8 +19,16 @@ from torch import Tensor
 SOFTPLUS_THRESHOLD = 20.0  # torch's softplus (beta 1) is the identity above this
 
 
-def check_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                 delta_bias: Tensor | None, orders: Tensor | None) -> None:
+def check_inputs(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    orders: Tensor | None,
+) -> None:
     """Raise ValueError (one line naming the argument and the expected shape) unless the shapes fit together.
 
     Shapes: u, delta (b, d, L); A (d, N); B, C (b, N, L) or (b, g, N, L) with d divisible by g, the two group counts
@@ -49,13 +57,14 @@ def check_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: T
     gb, gc = group_count(B), group_count(C)
     if gb != gc and 1 not in (gb, gc):
         raise ValueError(f"B and C group counts must match or one of them be 1, got {gb} and {gc}")
-    for name, t in (("D", D), ("delta_bias", delta_bias)):
-        if t is not None and t.shape != (d,):
-            raise ValueError(f"{name} must be (channels={d},), got {tuple(t.shape)}")
+    for name, vector in (("D", D), ("delta_bias", delta_bias)):
+        if vector is not None and vector.shape != (d,):
+            raise ValueError(f"{name} must be (channels={d},), got {tuple(vector.shape)}")
     if orders is not None:
         if orders.dim() != 2 or orders.shape[1] != L or orders.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"orders must be an integer tensor (directions, length={L}), got {tuple(orders.shape)} "
-                             f"{orders.dtype}")
+            raise ValueError(
+                f"orders must be an integer tensor (directions, length={L}), got {tuple(orders.shape)} {orders.dtype}"
+            )
 
 
 def compute_dtype(u: Tensor) -> torch.dtype:

@@ -78,15 +78,17 @@ def _orders_numpy(height: int, width: int, kind: str, directions: int) -> np.nda
         raise ValueError(f"grid must be at least 1x1, got {height}x{width}")
     canvas = _canvas(kind, height, width)
     step = 4 // directions  # quarter turns between consecutive directions
-    rows = [np.argsort(np.rot90(canvas, k * step)[:height, :width].reshape(-1), kind="stable")
-            for k in range(directions)]
+    rows = [
+        np.argsort(np.rot90(canvas, k * step)[:height, :width].reshape(-1), kind="stable") for k in range(directions)
+    ]
     out = np.stack(rows)
     out.setflags(write=False)
     return out
 
 
-def scan_orders(height: int, width: int, kind: str = "hilbert", directions: int = 4,
-                device: torch.device | str | None = None) -> torch.Tensor:
+def scan_orders(
+    height: int, width: int, kind: str = "hilbert", directions: int = 4, device: torch.device | str | None = None
+) -> torch.Tensor:
     """Scan orders over a ``height x width`` token grid.
 
     Args:

@@ -43,8 +43,11 @@ def resolve_scan_backend(name: str) -> str:
     if name in SCAN_BACKENDS:
         return name
     if name in _RENAMED:
-        warnings.warn(f"selective_scan backend {name!r} was removed; running {_RENAMED[name]!r} (the same function)",
-                      FutureWarning, stacklevel=3)
+        warnings.warn(
+            f"selective_scan backend {name!r} was removed; running {_RENAMED[name]!r} (the same function)",
+            FutureWarning,
+            stacklevel=3,
+        )
         return _RENAMED[name]
     raise ValueError(f"unknown selective_scan backend {name!r}; expected one of {list(SCAN_BACKENDS)}")
 
@@ -64,6 +67,7 @@ def triton_available() -> bool:
 
 # The fast backends are imported on first use: numba and Triton take a while to import (and Triton is absent from
 # CPU-only installs); ``import pamm`` stays quick.
+
 
 def _cpu(*args, **kwargs) -> Tensor:
     from .selective_scan_cpu import selective_scan_cpu
@@ -92,8 +96,11 @@ def _auto(u: Tensor, *args, **kwargs) -> Tensor:
             pass  # inputs the triton backend refuses: the reference computes or reports them
         except Exception as err:  # a compile or launch failure of this Triton/driver: fall back once and for all
             _triton_state.update(ok=False, reason=f"{type(err).__name__}: {err}")
-            warnings.warn(f"triton selective scan failed ({type(err).__name__}: {err}); using the reference backend",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"triton selective scan failed ({type(err).__name__}: {err}); using the reference backend",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     return selective_scan_reference(u, *args, **kwargs)
 
 

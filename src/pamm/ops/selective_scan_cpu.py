@@ -67,13 +67,18 @@ _INV_LN2_F32, _LN2_HI_F32, _LN2_LO_F32 = _F32(1 / math.log(2)), _F32(0.693359375
 _LO_F32, _HI_F32, _HALF_F32, _ONE_F32, _TWO_F32 = _F32(-104.0), _F32(89.0), _F32(0.5), _F32(1.0), _F32(2.0)
 _E2_F32, _E3_F32, _E4_F32, _E5_F32, _E6_F32, _E7_F32 = (_F32(1 / math.factorial(i)) for i in range(2, 8))
 _L3_F32, _L5_F32, _L7_F32, _L9_F32 = (_F32(1 / i) for i in (3, 5, 7, 9))
-_INV_LN2_F64, _LN2_HI_F64, _LN2_LO_F64 = (_F64(1 / math.log(2)), _F64(6.93147180369123816490e-01),
-                                          _F64(1.90821492927058770002e-10))
+_INV_LN2_F64, _LN2_HI_F64, _LN2_LO_F64 = (
+    _F64(1 / math.log(2)),
+    _F64(6.93147180369123816490e-01),
+    _F64(1.90821492927058770002e-10),
+)
 _LO_F64, _HI_F64, _HALF_F64, _ONE_F64, _TWO_F64 = _F64(-746.0), _F64(710.0), _F64(0.5), _F64(1.0), _F64(2.0)
-(_E2_F64, _E3_F64, _E4_F64, _E5_F64, _E6_F64, _E7_F64, _E8_F64, _E9_F64, _E10_F64, _E11_F64, _E12_F64,
- _E13_F64) = (_F64(1 / math.factorial(i)) for i in range(2, 14))
+(_E2_F64, _E3_F64, _E4_F64, _E5_F64, _E6_F64, _E7_F64, _E8_F64, _E9_F64, _E10_F64, _E11_F64, _E12_F64, _E13_F64) = (
+    _F64(1 / math.factorial(i)) for i in range(2, 14)
+)
 _L3_F64, _L5_F64, _L7_F64, _L9_F64, _L11_F64, _L13_F64, _L15_F64, _L17_F64, _L19_F64, _L21_F64 = (
-    _F64(1 / i) for i in range(3, 22, 2))
+    _F64(1 / i) for i in range(3, 22, 2)
+)
 _THRESHOLD_F32, _THRESHOLD_F64 = _F32(SOFTPLUS_THRESHOLD), _F64(SOFTPLUS_THRESHOLD)
 
 
@@ -103,6 +108,7 @@ def _float_layout(fty):
         return llvm_ir.IntType(32), 23, 127
     return llvm_ir.IntType(64), 52, 1023
 
+
 @intrinsic
 def _pow2(typingctx, k):
     """2**k for an integer-valued float k in the normal exponent range, written into the exponent bits."""
@@ -116,6 +122,7 @@ def _pow2(typingctx, k):
         return builder.bitcast(bits, kf.type)
 
     return k(k), codegen
+
 
 @intrinsic
 def _split_exponent(typingctx, u):
@@ -140,15 +147,18 @@ def _split_exponent(typingctx, u):
 
     return types.UniTuple(u, 2)(u), codegen
 
+
 def _exp_f32(x):
     xc = min(max(x, _LO_F32), _HI_F32)
     k = np.floor(xc * _INV_LN2_F32 + _HALF_F32)
     r = (xc - k * _LN2_HI_F32) - k * _LN2_LO_F32
-    p = ((((((_E7_F32 * r + _E6_F32) * r + _E5_F32) * r + _E4_F32) * r + _E3_F32) * r + _E2_F32) * r
-         + _ONE_F32) * r + _ONE_F32
+    p = (
+        (((((_E7_F32 * r + _E6_F32) * r + _E5_F32) * r + _E4_F32) * r + _E3_F32) * r + _E2_F32) * r + _ONE_F32
+    ) * r + _ONE_F32
     k_half = np.floor(k * _HALF_F32)
     e = p * _pow2(k_half) * _pow2(k - k_half)
     return x if x != x else e
+
 
 def _exp_f64(x):
     xc = min(max(x, _LO_F64), _HI_F64)
@@ -170,6 +180,7 @@ def _exp_f64(x):
     e = p * _pow2(k_half) * _pow2(k - k_half)
     return x if x != x else e
 
+
 def _log1p_f32(x):
     u = _ONE_F32 + x
     m, e = _split_exponent(u)
@@ -180,6 +191,7 @@ def _log1p_f32(x):
     log_m = two_s + two_s * (s2 * (_L3_F32 + s2 * (_L5_F32 + s2 * (_L7_F32 + s2 * _L9_F32))))
     rounding = (x - (u - _ONE_F32)) / u  # log1p(x) = log(u) + (x - (u - 1)) / u to first order
     return e * _LN2_HI_F32 + ((log_m + rounding) + e * _LN2_LO_F32)
+
 
 def _log1p_f64(x):
     u = _ONE_F64 + x
@@ -201,21 +213,26 @@ def _log1p_f64(x):
     rounding = (x - (u - _ONE_F64)) / u
     return e * _LN2_HI_F64 + ((log_m + rounding) + e * _LN2_LO_F64)
 
+
 def _softplus_f32(x):
     soft = _log1p(_exp(min(x, _THRESHOLD_F32)))
     return x if (x > _THRESHOLD_F32 or x != x) else soft
+
 
 def _softplus_f64(x):
     soft = _log1p(_exp(min(x, _THRESHOLD_F64)))
     return x if (x > _THRESHOLD_F64 or x != x) else soft
 
+
 def _softplus_slope_f32(x):
     ez = _exp(min(x, _THRESHOLD_F32))
     return _ONE_F32 if x > _THRESHOLD_F32 else ez / (ez + _ONE_F32)
 
+
 def _softplus_slope_f64(x):
     ez = _exp(min(x, _THRESHOLD_F64))
     return _ONE_F64 if x > _THRESHOLD_F64 else ez / (ez + _ONE_F64)
+
 
 def _jit(**options):
     """numba.njit(cache=True, fastmath=False, **options), or without the on-disk cache (and one warning per
@@ -227,12 +244,16 @@ def _jit(**options):
         except RuntimeError as err:  # "cannot cache function ...: no locator available for file ..."
             if not _cache_warned:
                 _cache_warned.append(True)
-                warnings.warn(f"selective_scan_cpu: numba's on-disk cache is unusable here ({err}); the kernels "
-                              "are compiled in every process (set NUMBA_CACHE_DIR to a writable directory)",
-                              RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"selective_scan_cpu: numba's on-disk cache is unusable here ({err}); the kernels "
+                    "are compiled in every process (set NUMBA_CACHE_DIR to a writable directory)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             return njit(cache=False, fastmath=False, **options)(fn)
 
     return decorate
+
 
 def _by_float_type(f32_impl, f64_impl):
     """An overload typer choosing the float32 or the float64 implementation by the argument's type."""
@@ -246,11 +267,12 @@ def _by_float_type(f32_impl, f64_impl):
 
     return typer
 
+
 overload(_exp, jit_options={"fastmath": False})(_by_float_type(_exp_f32, _exp_f64))
 overload(_log1p, jit_options={"fastmath": False})(_by_float_type(_log1p_f32, _log1p_f64))
 overload(_softplus, jit_options={"fastmath": False})(_by_float_type(_softplus_f32, _softplus_f64))
-overload(_softplus_slope, jit_options={"fastmath": False})(
-    _by_float_type(_softplus_slope_f32, _softplus_slope_f64))
+overload(_softplus_slope, jit_options={"fastmath": False})(_by_float_type(_softplus_slope_f32, _softplus_slope_f64))
+
 
 @_jit()
 def _math_check(x, kind):
@@ -268,6 +290,7 @@ def _math_check(x, kind):
             out[i] = _softplus_slope(x[i])
     return out
 
+
 # ---- kernels ------------------------------------------------------------------------------------------------
 # The body of a work item is written inline in the prange loop, using whole arrays and element indexing only
 # (no array views, no reassigned bool variables: numba's alias analysis counts both). Numba then compiles the
@@ -275,6 +298,7 @@ def _math_check(x, kind):
 # vectorises the innermost loops without runtime alias checks. Scratch arrays have a leading "slot" axis: one
 # slot per chunk of work items, a chunk running on one thread. They are np.empty, not np.zeros: numba turns
 # each np.zeros of a parallel function into a parfor of its own, compiled separately.
+
 
 @_jit(nogil=True, parallel=True)
 def _forward_kernel(u, delta, A, Bg, Cg, D, bias, softplus, orders, counts, y, width, slots):
@@ -331,9 +355,30 @@ def _forward_kernel(u, delta, A, Bg, Cg, D, bias, softplus, orders, counts, y, w
                     for p in range(L):
                         y[bi, c0 + c, p] = y_blk[slot, p, c]
 
+
 @_jit(nogil=True, parallel=True)
-def _backward_kernel(u, delta, A, Bg, Cg, D, bias, softplus, orders, counts, gy, du, ddelta, dA_part, dD_part,
-                     dbias_part, dB, dC, width, slots):
+def _backward_kernel(
+    u,
+    delta,
+    A,
+    Bg,
+    Cg,
+    D,
+    bias,
+    softplus,
+    orders,
+    counts,
+    gy,
+    du,
+    ddelta,
+    dA_part,
+    dD_part,
+    dbias_part,
+    dB,
+    dC,
+    width,
+    slots,
+):
     """Gradients from the forward's inputs (see _forward_kernel) and gy (b, d, L): du and ddelta (b, d, L);
     dA_part (b, d, N), dD_part and dbias_part (b, d), still to be summed over the batch; dB, dC (b, G, N, L)."""
     b, d, L = u.shape
@@ -473,6 +518,7 @@ def _backward_kernel(u, delta, A, Bg, Cg, D, bias, softplus, orders, counts, gy,
 
 # ---- PyTorch side -------------------------------------------------------------------------------------------------
 
+
 def _numpy(t: Tensor) -> np.ndarray:
     return t.detach().numpy()
 
@@ -489,13 +535,21 @@ def _kernel_inputs(u, delta, A, B, C, D, delta_bias, orders, cdt) -> tuple[list[
     else:
         orders = orders.to(torch.int64).contiguous()
         if orders.numel() and (int(orders.min()) < 0 or int(orders.max()) >= L):
-            raise ValueError(f"orders must index positions in [0, {L}), got values in "
-                             f"[{int(orders.min())}, {int(orders.max())}]")
+            raise ValueError(
+                f"orders must index positions in [0, {L}), got values in [{int(orders.min())}, {int(orders.max())}]"
+            )
         counts = visits(orders, L, torch.empty(0, dtype=cdt))
-    tensors = [u.to(cdt).contiguous(), delta.to(cdt).contiguous(), A.to(cdt).contiguous(),
-               Bg.to(cdt).contiguous(), Cg.to(cdt).contiguous(),
-               torch.zeros(d, dtype=cdt) if D is None else D.to(cdt).contiguous(),
-               torch.zeros(d, dtype=cdt) if delta_bias is None else delta_bias.to(cdt).contiguous(), orders, counts]
+    tensors = [
+        u.to(cdt).contiguous(),
+        delta.to(cdt).contiguous(),
+        A.to(cdt).contiguous(),
+        Bg.to(cdt).contiguous(),
+        Cg.to(cdt).contiguous(),
+        torch.zeros(d, dtype=cdt) if D is None else D.to(cdt).contiguous(),
+        torch.zeros(d, dtype=cdt) if delta_bias is None else delta_bias.to(cdt).contiguous(),
+        orders,
+        counts,
+    ]
     return tensors, G
 
 
@@ -503,8 +557,11 @@ def _kernel_args(tensors: list[Tensor], delta_softplus: bool) -> list:
     """numpy views of ``_kernel_inputs``'s tensors in the kernels' argument order; orders as uint64 (they are
     validated non-negative, and unsigned indices skip numba's wraparound code)."""
     u, delta, A, Bg, Cg, D, bias, orders, counts = tensors
-    return [_numpy(t) for t in (u, delta, A, Bg, Cg, D, bias)] + [bool(delta_softplus),
-                                                                  _numpy(orders).view(np.uint64), _numpy(counts)]
+    return [_numpy(t) for t in (u, delta, A, Bg, Cg, D, bias)] + [
+        bool(delta_softplus),
+        _numpy(orders).view(np.uint64),
+        _numpy(counts),
+    ]
 
 
 def _threads() -> int:
@@ -550,15 +607,32 @@ class _CpuScan(torch.autograd.Function):
         N = A.shape[1]
         gy = grad_y.to(cdt).contiguous()
         du, ddelta = torch.empty(b, d, L, dtype=cdt), torch.empty(b, d, L, dtype=cdt)
-        dA_part, dD_part, dbias_part = (torch.empty(b, d, N, dtype=cdt), torch.empty(b, d, dtype=cdt),
-                                        torch.empty(b, d, dtype=cdt))
+        dA_part, dD_part, dbias_part = (
+            torch.empty(b, d, N, dtype=cdt),
+            torch.empty(b, d, dtype=cdt),
+            torch.empty(b, d, dtype=cdt),
+        )
         dB, dC = torch.empty(b, G, N, L, dtype=cdt), torch.empty(b, G, N, L, dtype=cdt)
-        _run(_backward_kernel, *_kernel_args(tensors, ctx.delta_softplus),
-             *[_numpy(t) for t in (gy, du, ddelta, dA_part, dD_part, dbias_part, dB, dC)], shape=u.shape, groups=G)
+        _run(
+            _backward_kernel,
+            *_kernel_args(tensors, ctx.delta_softplus),
+            *[_numpy(t) for t in (gy, du, ddelta, dA_part, dD_part, dbias_part, dB, dC)],
+            shape=u.shape,
+            groups=G,
+        )
         g_D = None if D is None else dD_part.sum(0).to(D.dtype)
         g_bias = None if delta_bias is None else dbias_part.sum(0).to(delta_bias.dtype)
-        return (du.to(u.dtype), ddelta.to(delta.dtype), dA_part.sum(0).to(A.dtype), ungroup_grad(dB, B),
-                ungroup_grad(dC, C), g_D, g_bias, None, None)
+        return (
+            du.to(u.dtype),
+            ddelta.to(delta.dtype),
+            dA_part.sum(0).to(A.dtype),
+            ungroup_grad(dB, B),
+            ungroup_grad(dC, C),
+            g_D,
+            g_bias,
+            None,
+            None,
+        )
 
 
 def selective_scan_cpu(
@@ -580,8 +654,16 @@ def selective_scan_cpu(
     (batch, group) pairs.
     """
     check_inputs(u, delta, A, B, C, D, delta_bias, orders)
-    for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("delta_bias", delta_bias),
-                    ("orders", orders)):
+    for name, t in (
+        ("u", u),
+        ("delta", delta),
+        ("A", A),
+        ("B", B),
+        ("C", C),
+        ("D", D),
+        ("delta_bias", delta_bias),
+        ("orders", orders),
+    ):
         if t is not None and t.device.type != "cpu":
             raise ValueError(f"selective_scan_cpu needs CPU tensors, got {name} on {t.device}")
     return _CpuScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, orders)

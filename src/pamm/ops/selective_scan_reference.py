@@ -97,8 +97,14 @@ def _one_order(dt: Tensor, du: Tensor, A: Tensor, B: Tensor, C: Tensor, S: int, 
     h = dt.new_zeros(b, G, r, A.shape[-1])
     ys = []
     for i in range(segments):
-        part = (h, dt[..., i * S:(i + 1) * S], du[..., i * S:(i + 1) * S], A, B[..., i * S:(i + 1) * S],
-                C[..., i * S:(i + 1) * S])
+        part = (
+            h,
+            dt[..., i * S : (i + 1) * S],
+            du[..., i * S : (i + 1) * S],
+            A,
+            B[..., i * S : (i + 1) * S],
+            C[..., i * S : (i + 1) * S],
+        )
         y, h = checkpoint(_scan_segment, *part, use_reentrant=False) if remat else _scan_segment(*part)
         ys.append(y)
     y = torch.cat(ys, dim=-1) if segments > 1 else ys[0]
@@ -145,8 +151,15 @@ def selective_scan_reference(
         orders = orders.to(device=u.device, dtype=torch.long)
         y = dt.new_zeros(b, G, r, L)
         for perm in orders:  # K is a shape
-            y_k = _one_order(dt.index_select(-1, perm), du.index_select(-1, perm), A_g, Bg.index_select(-1, perm),
-                             Cg.index_select(-1, perm), S, remat)
+            y_k = _one_order(
+                dt.index_select(-1, perm),
+                du.index_select(-1, perm),
+                A_g,
+                Bg.index_select(-1, perm),
+                Cg.index_select(-1, perm),
+                S,
+                remat,
+            )
             y = y.index_add(-1, perm, y_k)
     y = y.reshape(b, d, L)
     if D is not None:

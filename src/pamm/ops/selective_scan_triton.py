@@ -49,8 +49,18 @@ from ._scan_common import check_inputs, compute_dtype, group_count, grouped, ung
 
 __all__ = ["selective_scan_triton", "kernel_config", "resolve_config", "CONFIG_KEYS"]
 
-CONFIG_KEYS = ("tile", "block_d", "num_warps", "ch_minor", "bwd_tile", "bwd_block_d", "bwd_num_warps", "bwd_ch_minor",
-               "chunk", "fast_exp2")
+CONFIG_KEYS = (
+    "tile",
+    "block_d",
+    "num_warps",
+    "ch_minor",
+    "bwd_tile",
+    "bwd_block_d",
+    "bwd_num_warps",
+    "bwd_ch_minor",
+    "chunk",
+    "fast_exp2",
+)
 
 
 @triton.jit
@@ -70,6 +80,7 @@ def _softplus_grad(x):
 
 # ---- scan combines ---------------------------------------------------------------------------------------------
 
+
 @triton.jit
 def _affine_combine(a_first, b_first, a_then, b_then):
     """Composition of x -> a_first * x + b_first, then x -> a_then * x + b_then."""
@@ -85,6 +96,7 @@ def _affine_excl_combine(a_first, b_first, ea_first, eb_first, a_then, b_then, e
 
 
 # ---- tile helpers ----------------------------------------------------------------------------------------------
+
 
 @triton.jit
 def _positions(t0, L, order_ptr, rows, HAS_ORDERS: tl.constexpr):
@@ -131,6 +143,7 @@ def _step_inputs(u_raw, pre_raw, cm, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.
 # so the tile's scan is sequential in registers either way; CH_MINOR puts the channels on the lanes and part of the
 # state axis in registers, which makes the sums over the state (y, du, d delta) cheaper and those over channels
 # (dB, dC) dearer.
+
 
 @triton.jit
 def _by_channel(x, CH_MINOR: tl.constexpr):
@@ -185,8 +198,9 @@ def _exp2(x, FAST_EXP2: tl.constexpr):
     """2**x; FAST_EXP2 (float32 on NVIDIA GPUs only): one MUFU.EX2 with results below 2**-126 flushed to zero
     (``tl.exp2`` adds a denormal guard of three instructions to each)."""
     if FAST_EXP2:
-        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
-                                         pack=1)
+        return tl.inline_asm_elementwise(
+            "ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
     else:
         return tl.exp2(x)
 
@@ -228,14 +242,52 @@ def _row(x, rows, r: tl.constexpr):
 
 # ---- forward ---------------------------------------------------------------------------------------------------
 
+
 @triton.jit
 def _scan_fwd_kernel(
-    u_ptr, d_ptr, A2_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, orders_ptr, y_ptr, states_ptr,
-    L, K, chans_per_group, num_chunks,
-    su_b, su_c, su_l, sd_b, sd_c, sd_l, sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sy_b, sy_c, sy_l,
-    N: tl.constexpr, N_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_ORDERS: tl.constexpr,
-    SAVE_STATES: tl.constexpr, CH_MINOR: tl.constexpr, FAST_EXP2: tl.constexpr,
+    u_ptr,
+    d_ptr,
+    A2_ptr,
+    B_ptr,
+    C_ptr,
+    D_ptr,
+    bias_ptr,
+    orders_ptr,
+    y_ptr,
+    states_ptr,
+    L,
+    K,
+    chans_per_group,
+    num_chunks,
+    su_b,
+    su_c,
+    su_l,
+    sd_b,
+    sd_c,
+    sd_l,
+    sB_b,
+    sB_g,
+    sB_n,
+    sB_l,
+    sC_b,
+    sC_g,
+    sC_n,
+    sC_l,
+    sy_b,
+    sy_c,
+    sy_l,
+    N: tl.constexpr,
+    N_BLOCK: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    TILE: tl.constexpr,
+    CHUNK: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_ORDERS: tl.constexpr,
+    SAVE_STATES: tl.constexpr,
+    CH_MINOR: tl.constexpr,
+    FAST_EXP2: tl.constexpr,
 ):
     pid_c = tl.program_id(0)
     pid_g = tl.program_id(1)
@@ -311,10 +363,28 @@ def _scan_fwd_kernel(
 
 # ---- backward --------------------------------------------------------------------------------------------------
 
+
 @triton.jit
-def _tile_grads(u, pre, dt, Bv, Cv, gy, h_before, q_after_tile, A2, ln2, Dv, rows, cm,
-                HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr, CH_MINOR: tl.constexpr, FAST_EXP2: tl.constexpr,
-                TILE_BITS: tl.constexpr):
+def _tile_grads(
+    u,
+    pre,
+    dt,
+    Bv,
+    Cv,
+    gy,
+    h_before,
+    q_after_tile,
+    A2,
+    ln2,
+    Dv,
+    rows,
+    cm,
+    HAS_D: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    CH_MINOR: tl.constexpr,
+    FAST_EXP2: tl.constexpr,
+    TILE_BITS: tl.constexpr,
+):
     """Adjoint of one tile. h_before: state before the tile (state layout); q_after_tile: decay(t) * dh_t of the
     step after the tile. Returns du, d delta (tile, block_d), dB, dC (tile, N_BLOCK) summed over the block's
     channels, dA (state layout) summed over the tile, and the carry for the tile before (decay * dh of row 0)."""
@@ -333,8 +403,9 @@ def _tile_grads(u, pre, dt, Bv, Cv, gy, h_before, q_after_tile, A2, ln2, Dv, row
     # flipped tile); the carry enters through the last row; the exclusive part gives q_{t+1}
     c = _by_channel(gy, CH_MINOR) * _by_state(Cv, CH_MINOR)
     beta = a * tl.where(last, c + q_after_tile[None, :, :], c)
-    _, q, _, q_next = tl.associative_scan((_flip_rows(a, TILE_BITS), _flip_rows(beta, TILE_BITS), ones, zeros), 0,
-                                          _affine_excl_combine)
+    _, q, _, q_next = tl.associative_scan(
+        (_flip_rows(a, TILE_BITS), _flip_rows(beta, TILE_BITS), ones, zeros), 0, _affine_excl_combine
+    )
     q = _flip_rows(q, TILE_BITS)
     q_next = _flip_rows(q_next, TILE_BITS)
     g = c + tl.where(last, q_after_tile[None, :, :], q_next)  # d loss / d h_t
@@ -355,14 +426,64 @@ def _tile_grads(u, pre, dt, Bv, Cv, gy, h_before, q_after_tile, A2, ln2, Dv, row
 
 @triton.jit
 def _scan_bwd_kernel(
-    u_ptr, d_ptr, A2_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, orders_ptr, gy_ptr, states_ptr, scratch_ptr, ln2_ptr,
-    gu_ptr, gd_ptr, gB_ptr, gC_ptr, gA_ptr, gD_ptr, gbias_ptr,
-    L, K, chans_per_group, num_chunks,
-    su_b, su_c, su_l, sd_b, sd_c, sd_l, sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sgy_b, sgy_c, sgy_l,
-    sgu_b, sgu_c, sgu_l, sgd_b, sgd_c, sgd_l,
-    N: tl.constexpr, N_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_ORDERS: tl.constexpr,
-    CH_MINOR: tl.constexpr, FAST_EXP2: tl.constexpr, TILE_BITS: tl.constexpr,
+    u_ptr,
+    d_ptr,
+    A2_ptr,
+    B_ptr,
+    C_ptr,
+    D_ptr,
+    bias_ptr,
+    orders_ptr,
+    gy_ptr,
+    states_ptr,
+    scratch_ptr,
+    ln2_ptr,
+    gu_ptr,
+    gd_ptr,
+    gB_ptr,
+    gC_ptr,
+    gA_ptr,
+    gD_ptr,
+    gbias_ptr,
+    L,
+    K,
+    chans_per_group,
+    num_chunks,
+    su_b,
+    su_c,
+    su_l,
+    sd_b,
+    sd_c,
+    sd_l,
+    sB_b,
+    sB_g,
+    sB_n,
+    sB_l,
+    sC_b,
+    sC_g,
+    sC_n,
+    sC_l,
+    sgy_b,
+    sgy_c,
+    sgy_l,
+    sgu_b,
+    sgu_c,
+    sgu_l,
+    sgd_b,
+    sgd_c,
+    sgd_l,
+    N: tl.constexpr,
+    N_BLOCK: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    TILE: tl.constexpr,
+    CHUNK: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_ORDERS: tl.constexpr,
+    CH_MINOR: tl.constexpr,
+    FAST_EXP2: tl.constexpr,
+    TILE_BITS: tl.constexpr,
 ):
     pid_c = tl.program_id(0)
     pid_g = tl.program_id(1)
@@ -418,8 +539,9 @@ def _scan_bwd_kernel(
             j = num_chunks - 1 - jj
             start = j * CHUNK
             n_tiles = tl.cdiv(tl.minimum(start + CHUNK, L) - start, TILE)
-            h = tl.load(states_ptr + ((pid_b * K + k) * num_chunks + j) * d_total * N + cn_offs, mask=cn_mask,
-                        other=0.0)
+            h = tl.load(
+                states_ptr + ((pid_b * K + k) * num_chunks + j) * d_total * N + cn_offs, mask=cn_mask, other=0.0
+            )
             # pass 1: the chunk forwards, keeping each tile's entry state (the last tile's needs no scan)
             pos = _positions(start, L, order, rows, HAS_ORDERS)
             cm, nm = _row_masks(start, L, rows, c_mask, n_mask)
@@ -478,9 +600,26 @@ def _scan_bwd_kernel(
                 h_in = tl.load(scratch + i * BLOCK_D * N_BLOCK + sc_offs)
                 u, pre, dt = _step_inputs(u_raw, pre_raw, cm, bias, HAS_BIAS, SOFTPLUS)
                 gy = gy_raw.to(cdt)
-                g_u, g_dt, g_B, g_C, dA, q_carry = _tile_grads(u, pre, dt, B_raw.to(cdt), C_raw.to(cdt), gy, h_in,
-                                                               q_carry, A2, ln2, Dv, rows, cm, HAS_D, SOFTPLUS,
-                                                               CH_MINOR, FAST_EXP2, TILE_BITS)
+                g_u, g_dt, g_B, g_C, dA, q_carry = _tile_grads(
+                    u,
+                    pre,
+                    dt,
+                    B_raw.to(cdt),
+                    C_raw.to(cdt),
+                    gy,
+                    h_in,
+                    q_carry,
+                    A2,
+                    ln2,
+                    Dv,
+                    rows,
+                    cm,
+                    HAS_D,
+                    SOFTPLUS,
+                    CH_MINOR,
+                    FAST_EXP2,
+                    TILE_BITS,
+                )
                 g_A += dA
                 g_D += tl.sum(gy * u, axis=0)
                 g_bias += tl.sum(g_dt, axis=0)
@@ -500,6 +639,7 @@ def _scan_bwd_kernel(
 
 # ---- launch ----------------------------------------------------------------------------------------------------
 
+
 def kernel_config(state: int, chans_per_group: int) -> dict[str, int]:
     """Launch parameters by state size. Forward (``tile`` steps per tile, ``block_d`` channels and ``num_warps``
     warps per program, ``ch_minor``: tile tensors laid out (tile, N, block_d) instead of (tile, block_d, N)), the
@@ -512,14 +652,17 @@ def kernel_config(state: int, chans_per_group: int) -> dict[str, int]:
     dC) cross lanes. Measured (BENCHMARKS.md): 2.9x / 1.8x faster than the authors' scan pattern with mamba-ssm at
     the NYUD / PASCAL stage shapes on an H100; benchmarks/scan_suite.py --configs times alternatives."""
     if state <= 16:
-        cfg = dict(tile=8, block_d=16, num_warps=1, ch_minor=1, bwd_tile=8, bwd_block_d=8, bwd_num_warps=1,
-                   bwd_ch_minor=1)
+        cfg = dict(
+            tile=8, block_d=16, num_warps=1, ch_minor=1, bwd_tile=8, bwd_block_d=8, bwd_num_warps=1, bwd_ch_minor=1
+        )
     elif state <= 32:
-        cfg = dict(tile=8, block_d=8, num_warps=1, ch_minor=1, bwd_tile=4, bwd_block_d=8, bwd_num_warps=1,
-                   bwd_ch_minor=1)
+        cfg = dict(
+            tile=8, block_d=8, num_warps=1, ch_minor=1, bwd_tile=4, bwd_block_d=8, bwd_num_warps=1, bwd_ch_minor=1
+        )
     else:
-        cfg = dict(tile=4, block_d=8, num_warps=1, ch_minor=1, bwd_tile=2, bwd_block_d=8, bwd_num_warps=1,
-                   bwd_ch_minor=1)
+        cfg = dict(
+            tile=4, block_d=8, num_warps=1, ch_minor=1, bwd_tile=2, bwd_block_d=8, bwd_num_warps=1, bwd_ch_minor=1
+        )
     cap = max(2, triton.next_power_of_2(chans_per_group))
     cfg["block_d"] = min(cfg["block_d"], cap)
     cfg["bwd_block_d"] = min(cfg["bwd_block_d"], cap)
@@ -584,15 +727,33 @@ def _launch_args(u, delta, A, B, C, D, delta_bias, orders, block_d, chunk):
     grid = (triton.cdiv(cpg, block_d), G, b)
     B_strides = (Bg.stride(0), Bg.stride(1) if Bg.shape[1] > 1 else 0, Bg.stride(2), Bg.stride(3))
     C_strides = (Cg.stride(0), Cg.stride(1) if Cg.shape[1] > 1 else 0, Cg.stride(2), Cg.stride(3))
-    return dict(cdt=cdt, G=G, cpg=cpg, K=K, u=u, delta=delta, A2=A2, D=Dc, bias=bias, orders=order_ids, Bg=Bg, Cg=Cg,
-                grid=grid,
-                strides=(*u.stride(), *delta.stride(), *B_strides, *C_strides),
-                num_chunks=triton.cdiv(L, chunk), N_BLOCK=triton.next_power_of_2(N))
+    return dict(
+        cdt=cdt,
+        G=G,
+        cpg=cpg,
+        K=K,
+        u=u,
+        delta=delta,
+        A2=A2,
+        D=Dc,
+        bias=bias,
+        orders=order_ids,
+        Bg=Bg,
+        Cg=Cg,
+        grid=grid,
+        strides=(*u.stride(), *delta.stride(), *B_strides, *C_strides),
+        num_chunks=triton.cdiv(L, chunk),
+        N_BLOCK=triton.next_power_of_2(N),
+    )
 
 
 def _flags(D, delta_bias, delta_softplus, orders):
-    return dict(HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-                HAS_ORDERS=orders is not None)
+    return dict(
+        HAS_D=D is not None,
+        HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=bool(delta_softplus),
+        HAS_ORDERS=orders is not None,
+    )
 
 
 def _partials_to(partials: Tensor, like: Tensor) -> Tensor:
@@ -608,16 +769,35 @@ class _TritonScan(torch.autograd.Function):
         args = _launch_args(u, delta, A, B, C, D, delta_bias, orders, cfg["block_d"], cfg["chunk"])
         save = any(ctx.needs_input_grad)
         y = torch.empty_like(u, dtype=args["cdt"])
-        states = (torch.empty(b, args["K"], args["num_chunks"], d, N, dtype=args["cdt"], device=u.device) if save
-                  else y)
+        states = torch.empty(b, args["K"], args["num_chunks"], d, N, dtype=args["cdt"], device=u.device) if save else y
         _scan_fwd_kernel[args["grid"]](
-            args["u"], args["delta"], args["A2"], args["Bg"], args["Cg"], args["D"], args["bias"], args["orders"], y,
+            args["u"],
+            args["delta"],
+            args["A2"],
+            args["Bg"],
+            args["Cg"],
+            args["D"],
+            args["bias"],
+            args["orders"],
+            y,
             states,
-            L, args["K"], args["cpg"], args["num_chunks"], *args["strides"], *y.stride(),
-            N=N, N_BLOCK=args["N_BLOCK"], BLOCK_D=cfg["block_d"], TILE=cfg["tile"], CHUNK=cfg["chunk"],
-            **_flags(D, delta_bias, delta_softplus, orders), SAVE_STATES=save, CH_MINOR=bool(cfg["ch_minor"]),
+            L,
+            args["K"],
+            args["cpg"],
+            args["num_chunks"],
+            *args["strides"],
+            *y.stride(),
+            N=N,
+            N_BLOCK=args["N_BLOCK"],
+            BLOCK_D=cfg["block_d"],
+            TILE=cfg["tile"],
+            CHUNK=cfg["chunk"],
+            **_flags(D, delta_bias, delta_softplus, orders),
+            SAVE_STATES=save,
+            CH_MINOR=bool(cfg["ch_minor"]),
             FAST_EXP2=_fast_exp2(u, args["cdt"], cfg),
-            num_warps=cfg["num_warps"], num_stages=1,
+            num_warps=cfg["num_warps"],
+            num_stages=1,
         )
         if save:
             ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, orders, states)
@@ -640,24 +820,63 @@ class _TritonScan(torch.autograd.Function):
         g_A = u.new_empty(b, d, N, dtype=cdt)
         g_D = u.new_empty(b, d, dtype=cdt)
         g_bias = torch.empty_like(g_D)
-        scratch = u.new_empty(grid[0] * grid[1] * grid[2], cfg["chunk"] // cfg["bwd_tile"], cfg["bwd_block_d"],
-                              args["N_BLOCK"], dtype=cdt)
+        scratch = u.new_empty(
+            grid[0] * grid[1] * grid[2], cfg["chunk"] // cfg["bwd_tile"], cfg["bwd_block_d"], args["N_BLOCK"], dtype=cdt
+        )
         ln2 = torch.full((1,), math.log(2.0), dtype=cdt, device=u.device)
         grad_y = grad_y.to(cdt)
         _scan_bwd_kernel[grid](
-            args["u"], args["delta"], args["A2"], args["Bg"], args["Cg"], args["D"], args["bias"], args["orders"],
-            grad_y, states,
-            scratch, ln2, g_u, g_delta, g_B, g_C, g_A, g_D, g_bias,
-            L, args["K"], args["cpg"], args["num_chunks"], *args["strides"], *grad_y.stride(), *g_u.stride(),
-            *g_delta.stride(), N=N, N_BLOCK=args["N_BLOCK"], BLOCK_D=cfg["bwd_block_d"], TILE=cfg["bwd_tile"],
-            CHUNK=cfg["chunk"], **_flags(D, delta_bias, delta_softplus, orders), CH_MINOR=bool(cfg["bwd_ch_minor"]),
-            FAST_EXP2=_fast_exp2(u, cdt, cfg), TILE_BITS=cfg["bwd_tile"].bit_length() - 1,
-            num_warps=cfg["bwd_num_warps"], num_stages=1,
+            args["u"],
+            args["delta"],
+            args["A2"],
+            args["Bg"],
+            args["Cg"],
+            args["D"],
+            args["bias"],
+            args["orders"],
+            grad_y,
+            states,
+            scratch,
+            ln2,
+            g_u,
+            g_delta,
+            g_B,
+            g_C,
+            g_A,
+            g_D,
+            g_bias,
+            L,
+            args["K"],
+            args["cpg"],
+            args["num_chunks"],
+            *args["strides"],
+            *grad_y.stride(),
+            *g_u.stride(),
+            *g_delta.stride(),
+            N=N,
+            N_BLOCK=args["N_BLOCK"],
+            BLOCK_D=cfg["bwd_block_d"],
+            TILE=cfg["bwd_tile"],
+            CHUNK=cfg["chunk"],
+            **_flags(D, delta_bias, delta_softplus, orders),
+            CH_MINOR=bool(cfg["bwd_ch_minor"]),
+            FAST_EXP2=_fast_exp2(u, cdt, cfg),
+            TILE_BITS=cfg["bwd_tile"].bit_length() - 1,
+            num_warps=cfg["bwd_num_warps"],
+            num_stages=1,
         )
-        return (g_u.to(u.dtype), g_delta.to(delta.dtype), g_A.sum(0).to(A.dtype),
-                _partials_to(g_B, B), _partials_to(g_C, C),
-                None if D is None else g_D.sum(0).to(D.dtype),
-                None if delta_bias is None else g_bias.sum(0).to(delta_bias.dtype), None, None, None)
+        return (
+            g_u.to(u.dtype),
+            g_delta.to(delta.dtype),
+            g_A.sum(0).to(A.dtype),
+            _partials_to(g_B, B),
+            _partials_to(g_C, C),
+            None if D is None else g_D.sum(0).to(D.dtype),
+            None if delta_bias is None else g_bias.sum(0).to(delta_bias.dtype),
+            None,
+            None,
+            None,
+        )
 
 
 def resolve_config(state: int, chans_per_group: int, config: dict[str, int] | None = None) -> dict[str, int]:

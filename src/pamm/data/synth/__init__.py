@@ -19,8 +19,8 @@ One job per module:
 * :mod:`.furniture`: furniture, people and wall items, and the floor planner;
 * :mod:`.scene`: the room, its furnishing by room type, the camera and the lights;
 * :mod:`.render`: ray casting, shading and the ground truth (:func:`render_scene`);
-* :mod:`.formats`: PNG / JPEG / ``.npy`` / MATLAB ``.mat`` encoders;
-* :mod:`.layouts`: the NYUD and PASCAL dataset layouts (file names, encodings, split lists);
+* :mod:`.layouts`: the NYUD and PASCAL dataset layouts (file names, encodings by :mod:`pamm.data.formats`, split
+  lists);
 * :mod:`.dataset`: :func:`synthesize`, which writes a whole dataset safely;
 * :mod:`.preview`: the contact sheet, coloured by :mod:`pamm.viz`.
 

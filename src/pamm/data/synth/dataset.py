@@ -13,14 +13,14 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 
 from pamm.errors import InputError, ResourceError
-from pamm.fs import StagedFolder, atomic_write_bytes
+from pamm.fs import StagedFolder, atomic_write_bytes, folder_has_contents, unexpected_files
 
 from .layouts import SPLITS, WRITERS, DatasetLayout, GenericLayout, get_layout
 from .render import check_size, render_scene
@@ -76,17 +76,6 @@ def _expected_files(info: dict) -> set[str]:
     return files
 
 
-def _unexpected_files(root: Path, expected: set[str]) -> list[str]:
-    """Files under ``root`` (relative paths, sorted) that are not in ``expected``."""
-    found = []
-    for folder, _, names in os.walk(root):
-        for name in names:
-            relative = Path(folder, name).relative_to(root).as_posix()
-            if relative not in expected:
-                found.append(relative)
-    return sorted(found)
-
-
 def _describe(info: dict) -> str:
     """``"a synthetic nyud dataset (12 train + 5 val images, 96x128, seed 0)"`` from a marker."""
     what = f"synthetic {info.get('layout')} dataset"
@@ -101,13 +90,7 @@ def _describe(info: dict) -> str:
 
 def _may_replace(root: Path, overwrite: bool) -> bool:
     """Whether ``root`` holds a dataset to replace (False: nothing there yet); raises when it may not be touched."""
-    if root.is_symlink():
-        raise InputError(f"out: {str(root)!r} is a symbolic link; pass the folder that should hold the dataset")
-    if not root.exists():
-        return False
-    if not root.is_dir():
-        raise InputError(f"out: {str(root)!r} exists and is not a folder")
-    if not any(root.iterdir()):
+    if not folder_has_contents(root):
         return False
     info = read_marker(root)
     if info is None:
@@ -115,7 +98,7 @@ def _may_replace(root: Path, overwrite: bool) -> bool:
             f"out: {str(root)!r} is not empty and was not written by pamm data synth (no valid {MARKER_FILE}); it is "
             "never overwritten. Choose another --out, or move that folder away first"
         )
-    foreign = _unexpected_files(root, _expected_files(info))
+    foreign = unexpected_files(root, _expected_files(info))
     if foreign:
         raise SynthOutputExistsError(
             f"out: {str(root)!r} holds {_describe(info)} but also {len(foreign)} file(s) it did not write (e.g. "
@@ -164,7 +147,7 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _rendered(jobs: Sequence[tuple], workers: int) -> Iterator[tuple[str, dict[str, bytes], dict]]:
+def _rendered(jobs: Sequence[tuple], workers: int) -> Generator[tuple[str, dict[str, bytes], dict], None, None]:
     """:func:`_render_example` of every job, in order, in ``workers`` processes (1: this one)."""
     if workers == 1:
         for job in jobs:

@@ -462,4 +462,3 @@ def add_wall_items(sb, rng, room, walls_in_view):
         y = rng.uniform(1.3, 1.8)
         panel(inst, frame, wall, u, y, w_item, h_item, 0.03)
         panel(inst, canvas, wall, u, y, w_item - 0.08, h_item - 0.08, 0.04)
-

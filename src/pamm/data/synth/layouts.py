@@ -32,11 +32,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from pamm.data.formats import encode_normals, jpeg_bytes, mat_bytes, npy_bytes, png_bytes
 from pamm.errors import InputError
 from pamm.manifest import MANIFEST_FILE, Manifest, manifest_yaml, parse_manifest
 from pamm.tasks import HUMAN_PARTS, PASCAL_CLASSES, TASKS
 
-from .formats import encode_normals, jpeg_bytes, mat_bytes, npy_bytes, png_bytes
 from .vocabulary import FINE_PART_NAMES, KINDS
 
 __all__ = ["SPLITS", "DatasetLayout", "NYUDLayout", "PascalLayout", "GenericLayout", "WRITERS", "LAYOUTS",
@@ -62,7 +62,7 @@ class DatasetLayout:
     name: ClassVar[str]
     folder: ClassVar[str]
     style: ClassVar[str]
-    example_files: ClassVar[tuple[str, ...]]
+    example_files: tuple[str, ...]  # a class attribute, or set per instance (the generic layout's tasks)
 
     def image_id(self, split: str, index: int) -> str:
         """File id of image ``index`` of ``split``; never depends on how many images are generated."""
@@ -268,8 +268,14 @@ class GenericLayout(DatasetLayout):
 
     def _targets(self, scene: Mapping[str, Any]) -> dict[str, np.ndarray]:
         classes = np.array([_GENERIC_CLASS_OF_KIND[kind] for kind in scene["meta"]["kinds"]], dtype=np.uint8)
-        maps = {"semseg": classes[scene["instances"]], "depth": scene["depth"], "normals": scene["normals"],
-                "edge": scene["boundaries"], "sal": scene["saliency"], "human_parts": scene["human_parts"]}
+        maps = {
+            "semseg": classes[scene["instances"]],
+            "depth": scene["depth"],
+            "normals": scene["normals"],
+            "edge": scene["boundaries"],
+            "sal": scene["saliency"],
+            "human_parts": scene["human_parts"],
+        }
         return {task: maps[task] for task in self.tasks}
 
     def _contents(self, iid, scene):
@@ -314,8 +320,10 @@ def get_layout(layout: str, tasks: Sequence[str] | None = None) -> DatasetLayout
     if tasks is None:
         return WRITERS[layout]
     if layout != GenericLayout.name:
-        raise InputError(f"tasks: only the generic layout writes a chosen subset of tasks; the {layout} layout "
-                         "always writes all of its own")
+        raise InputError(
+            f"tasks: only the generic layout writes a chosen subset of tasks; the {layout} layout "
+            "always writes all of its own"
+        )
     return _generic_writer(tuple(tasks))
 
 

@@ -100,4 +100,3 @@ def surface_albedo(materials: Sequence[Material], material: np.ndarray, local: n
     variation = np.sin(waves[:, :3].astype(np.float32) @ points.astype(np.float32) + phase[material])
     albedo *= 1.0 + (0.08 / 3) * variation.sum(0)
     return albedo
-

@@ -154,4 +154,3 @@ class Capsule(Prim):
         t = np.where((h >= 0) & (qa > 1e-12) & (y > 0) & (y < baba) & (t_body > _EPS), t_body, np.inf)
         t = np.minimum(t, _sphere_t(o, self.a, self.radius, dx, dy, dz))
         return np.minimum(t, _sphere_t(o, self.b, self.radius, dx, dy, dz))
-

@@ -86,7 +86,6 @@ def _cast(scene: Scene, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return t, prim_map
 
 
-
 def _surface(scene: Scene, t: np.ndarray, prim_map: np.ndarray, dirs: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """World hit points (3, N) float64, outward normals (3, N) float64, albedo (3, N) float32 and emission (N,)
@@ -213,12 +212,12 @@ def boundaries(instances: np.ndarray, depth: np.ndarray, rel_jump: float = 0.1) 
         a = [slice(None), slice(None)]
         b = [slice(None), slice(None)]
         a[axis], b[axis] = slice(None, -1), slice(1, None)
-        a, b = tuple(a), tuple(b)
-        d_a, d_b = depth[a], depth[b]
-        differ = (instances[a] != instances[b]) | (np.abs(d_a - d_b) > rel_jump * np.minimum(d_a, d_b))
+        first, second = tuple(a), tuple(b)
+        d_a, d_b = depth[first], depth[second]
+        differ = (instances[first] != instances[second]) | (np.abs(d_a - d_b) > rel_jump * np.minimum(d_a, d_b))
         first_nearer = d_a <= d_b
-        out[a] |= differ & first_nearer
-        out[b] |= differ & ~first_nearer
+        out[first] |= differ & first_nearer
+        out[second] |= differ & ~first_nearer
     return out.astype(np.uint8)
 
 
@@ -332,4 +331,3 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int], layout: str, *
         "num_people": people,
     }  # fmt: skip
     return out
-

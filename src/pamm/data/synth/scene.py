@@ -39,7 +39,6 @@ STYLES = ("nyud", "pascal")
 """Scene styles (what a room holds and how the camera is set up), named after the dataset they imitate."""
 
 
-
 @dataclass
 class Camera:
     """Pinhole camera. ``rotation`` (3, 3) maps camera-frame vectors to world (columns = camera axes)."""
@@ -82,7 +81,6 @@ class Scene:
     lights: list[tuple[np.ndarray, np.ndarray]]  # (position (3,), rgb intensity (3,))
     ambient: float
     waves: np.ndarray  # (3, 4) wave vectors (1/m) and phases of a low-frequency brightness variation
-
 
 
 def build_scene(rng: np.random.Generator, size: tuple[int, int], style: str, num_people: int | None) -> Scene:
@@ -214,4 +212,3 @@ def build_scene(rng: np.random.Generator, size: tuple[int, int], style: str, num
     waves = np.concatenate([rng.normal(0.0, 1.2, (3, 3)), rng.uniform(0, 2 * np.pi, (3, 1))], 1)
     return Scene(room, camera, sb.prims, sb.instances, sb.materials, room_materials, lights, rng.uniform(0.2, 0.4),
                  waves)  # fmt: skip
-

@@ -2,7 +2,8 @@
 
 Every encoder returns the file's bytes, so that a dataset writer only decides names and contents and the files
 themselves are written in one place (:class:`pamm.fs.StagedFolder`), where a full disk is reported by file name.
-The same arrays always give the same bytes.
+The same arrays always give the same bytes. Used by the synthetic datasets (:mod:`pamm.data.synth`) and by
+:func:`pamm.data.generic.encode_targets` (``pamm data convert``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+# the text written since the synthetic datasets introduced it (a seed keeps giving byte-identical files)
 _MAT_HEADER = b"MATLAB 5.0 MAT-file, Platform: posix, Created by: pamm.data.synth".ljust(116, b" ")
 _MI_COMPRESSED = 15
 

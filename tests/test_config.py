@@ -78,6 +78,7 @@ def test_yaml_file_with_base(tmp_path):
         ),
         ({"train.loss_weights": {"semseg": 1.0}}, r"config key 'train.loss_weights': no weight for task 'depth'"),
         ({"model.backbone": 3}, r"config key 'model.backbone': expected a mapping"),
+        ({"eval.edge_workers": -2}, r"config key 'eval.edge_workers': must be a number of processes >= 0, or -1"),
     ],
 )
 def test_bad_values_name_the_key(overrides, match):

@@ -222,3 +222,39 @@ def test_distinct_equals_numpy_unique():
         values = rng.integers(0, max(size // 3, 1), size)
         out = _distinct(values)
         assert out.dtype == values.dtype and np.array_equal(out, np.unique(values))
+
+
+@pytest.mark.parametrize(
+    "cores,images,processes,expected",
+    [
+        (16, 6000, 1, 8),  # the lent GPU machine, a whole val split: capped at 8
+        (16, 6000, 4, 3),  # 4 torchrun processes share the 16 cores: 4 each, one left to the process itself
+        (16, 20, 1, 2),  # one worker per 8 images
+        (16, 12, 1, 0),  # too few images to pay for a pool
+        (2, 6000, 1, 0),  # a 2-core laptop or CI: scored in the process
+        (3, 6000, 1, 2),
+    ],
+)
+def test_default_edge_workers(monkeypatch, cores, images, processes, expected):
+    import os
+
+    from pamm.metrics.edges import default_edge_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert default_edge_workers(images, processes) == expected
+
+
+def test_evaluation_resolves_automatic_edge_workers_per_process(monkeypatch):
+    import os
+
+    import pamm
+    from pamm.engine.evaluator import edge_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    cfg = pamm.load_config("pascal-vitl")
+    assert cfg.eval.edge_workers == -1
+    assert edge_workers(cfg, 5105) == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert edge_workers(cfg, 5105 // 8) == 0  # 2 cores per process: one for itself, one is no pool
+    cfg = pamm.load_config("pascal-vitl", {"eval.edge_workers": 3})
+    assert edge_workers(cfg, 10) == 3  # an explicit number is taken as given

@@ -397,7 +397,8 @@ class EvalConfig:
     Attributes:
         batch_size: images per process and step (images are padded to one size).
         edge: compute the boundary metrics (SEISM odsF/oisF/AP; the slowest metric).
-        edge_workers: processes for the boundary matching (0 = in the main process).
+        edge_workers: processes for the boundary matching (0 = in the main process; -1 = automatic, see
+            :func:`pamm.metrics.edges.default_edge_workers`: a share of the free CPU cores for 16 images or more).
         sal_double_sigmoid: reproduce the inherited double-sigmoid maxF of the released code.
         single_task: reference single-task metrics for the multi-task gain Δm (task -> value of its main
             metric); empty disables Δm.
@@ -405,13 +406,17 @@ class EvalConfig:
 
     batch_size: int = 1
     edge: bool = True
-    edge_workers: int = 0
+    edge_workers: int = -1
     sal_double_sigmoid: bool = False
     single_task: dict[str, float] = field(default_factory=dict)
 
     def validate(self, key: str) -> None:
         _check(self.batch_size >= 1, f"{key}.batch_size", f"must be >= 1, got {self.batch_size}")
-        _check(self.edge_workers >= 0, f"{key}.edge_workers", f"must be >= 0, got {self.edge_workers}")
+        _check(
+            self.edge_workers >= -1,
+            f"{key}.edge_workers",
+            f"must be a number of processes >= 0, or -1 (automatic), got {self.edge_workers}",
+        )
         for t in self.single_task:
             _check(t in TASKS, f"{key}.single_task", f"unknown task {t!r}; allowed: {sorted(TASKS)}")
 

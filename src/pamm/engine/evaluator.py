@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from ..data import LoadGuard, MultiTaskDataset, build_transforms, collate
 from ..errors import InputError
 from ..fs import atomic_write_bytes
 from ..metrics import build_meters
+from ..metrics.edges import default_edge_workers
 from ..models.pamm import ModelMeta
 from ..tasks import label_space_difference, postprocess
 from .distributed import DistInfo, all_reduce_arrays
@@ -57,6 +59,14 @@ def crop_valid(t: torch.Tensor, valid: tuple[int, int, int, int]) -> torch.Tenso
     """Crop the last two dims of ``t`` to the (top, left, height, width) region of the original image."""
     top, left, h, w = valid
     return t[..., top : top + h, left : left + w]
+
+
+def edge_workers(cfg: Config, images: int) -> int:
+    """``eval.edge_workers``, with -1 (automatic) resolved for ``images`` images scored by this process among the
+    processes of this machine (torchrun's ``LOCAL_WORLD_SIZE``)."""
+    if cfg.eval.edge_workers >= 0:
+        return cfg.eval.edge_workers
+    return default_edge_workers(images, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def _loader(cfg: Config, dataset: MultiTaskDataset, dist: DistInfo | None, max_images: int | None):
@@ -114,14 +124,14 @@ def evaluate(
         )
     if dataset is None:
         dataset = prepare_split(cfg, split, eval_transform(cfg), dist)
+    loader, n = _loader(cfg, dataset, dist, max_images)
     meters = build_meters(
         spec,
         tasks,
         edge=cfg.eval.edge,
-        edge_workers=cfg.eval.edge_workers,
+        edge_workers=edge_workers(cfg, n),
         sal_double_sigmoid=cfg.eval.sal_double_sigmoid,
     )
-    loader, n = _loader(cfg, dataset, dist, max_images)
     was_training = model.training
     model.eval()
     bar = None
@@ -308,9 +318,9 @@ def compute_baselines(cfg: Config, split: str = "val", max_images: int | None = 
         constants[t] = int(np.argmax(c))
     if "normals" in tasks:
         constants["normals"] = _best_constant_normal(normal_sum, np.concatenate(normal_samples)).tolist()
-    meters = build_meters(cfg.data.spec, tasks, edge=cfg.eval.edge, edge_workers=cfg.eval.edge_workers)
     val = prepare_split(cfg, split, transform)
     n = len(val) if max_images is None else min(max_images, len(val))
+    meters = build_meters(cfg.data.spec, tasks, edge=cfg.eval.edge, edge_workers=edge_workers(cfg, n))
     for i in range(n):
         s = val[i]
         h, w = s["image"].shape[-2:]

@@ -20,8 +20,8 @@ timeout "${T_STEP:-180}" $PY benchmarks/train_step.py --presets nyud-vitl,pascal
   --checkpointing "${CKPT_SETS:-backbone;stages;backbone,stages}" \
   --steps 3 --warmup 1 --infer-batches 16 --out "$OUT" >> "$OUT/session.log" 2>&1; log "train_step rc=$?"
 log "end_of_run"
-timeout "${T_EOR:-150}" $PY benchmarks/end_of_run.py --nproc 1 --preset pascal-vitl --work /tmp/pamm-eor \
-  --timeout $(( ${T_EOR:-150} - 75 )) --out "$OUT/end_of_run.json" >> "$OUT/session.log" 2>&1; log "end_of_run rc=$?"
+timeout "${T_EOR:-330}" $PY benchmarks/end_of_run.py --nproc 1 --preset pascal-vitl --work /tmp/pamm-eor \
+  --timeout $(( ${T_EOR:-330} - 75 )) --out "$OUT/end_of_run.json" >> "$OUT/session.log" 2>&1; log "end_of_run rc=$?"
 log "scan_suite bf16"
 timeout "${T_SCAN:-60}" $PY benchmarks/scan_suite.py --out "$OUT/scan_bf16" --variants triton --dtype bfloat16 \
   >> "$OUT/session.log" 2>&1; log "scan_suite rc=$?"

@@ -25,6 +25,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _torchrun(nproc: int, *args: str) -> list[str]:
+    """The command line of ``torchrun --nproc_per_node nproc ARGS`` on a free local port."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
+    return [*launcher, "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
+
+
+def _pamm_train(out, sets) -> list[str]:
+    """``-m pamm train --config demo --out OUT --quiet --set ...`` (arguments for :func:`_torchrun`)."""
+    options = [x for s in sets for x in ("--set", s)]
+    return ["-m", "pamm", "train", "--config", "demo", "--out", str(out), "--quiet", *options]
+
+
 @pytest.fixture(scope="module")
 def tiny_nyud(tmp_path_factory):
     from pamm.data.synth import synthesize
@@ -73,21 +85,7 @@ def test_two_process_ddp_matches_single_process(tiny_nyud, tmp_path):
     )
     assert single.returncode == 0, single.stderr[-3000:]
     ddp = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(_free_port()),
-            str(HELPER),
-            str(tmp_path / "ddp"),
-            str(tmp_path / "ddp-rank"),
-            *_overrides(tiny_nyud, 2),
-        ],
+        _torchrun(2, str(HELPER), str(tmp_path / "ddp"), str(tmp_path / "ddp-rank"), *_overrides(tiny_nyud, 2)),
         env=env,
         capture_output=True,
         text=True,
@@ -134,19 +132,7 @@ def test_pooled_batchnorm_is_exact_in_float64(tmp_path):
     with half the batch each give the whole batch's outputs and, all-reduced, its gradients, to 1e-9."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(_free_port()),
-            str(EXACT),
-            str(tmp_path / "report"),
-        ],
+        _torchrun(2, str(EXACT), str(tmp_path / "report")),
         env=env,
         capture_output=True,
         text=True,
@@ -181,26 +167,7 @@ def test_torchrun_training_with_eval_and_checkpoint_at_the_last_step_exits_promp
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PAMM_CACHE_DIR": str(tmp_path / "cache")}
     tic = time.perf_counter()
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(_free_port()),
-            "-m",
-            "pamm",
-            "train",
-            "--config",
-            "demo",
-            "--out",
-            str(out),
-            "--quiet",
-            *[x for s in sets for x in ("--set", s)],
-        ],
+        _torchrun(2, *_pamm_train(out, sets)),
         env=env,
         capture_output=True,
         text=True,
@@ -239,26 +206,7 @@ def test_sigterm_to_torchrun_stops_every_process_at_the_same_step_with_a_checkpo
     sets = [*_overrides(tiny_nyud, 2), "train.iterations=40", "train.log_every=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PAMM_CACHE_DIR": str(tmp_path / "cache")}
     launcher = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(_free_port()),
-            "-m",
-            "pamm",
-            "train",
-            "--config",
-            "demo",
-            "--out",
-            str(out),
-            "--quiet",
-            *[x for s in sets for x in ("--set", s)],
-        ],
+        _torchrun(2, *_pamm_train(out, sets)),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -286,21 +234,7 @@ def test_sigterm_to_torchrun_stops_every_process_at_the_same_step_with_a_checkpo
 def _train(tmp_path, name, root, batch, steps, nproc=1, resume=None, extra=()):
     """Train (or with ``resume`` continue the run in that folder) with the helper; returns rank 0's weights."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    launch = (
-        [sys.executable]
-        if nproc == 1
-        else [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(nproc),
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(_free_port()),
-        ]
-    )
+    launch = [sys.executable] if nproc == 1 else _torchrun(nproc)
     run = resume or tmp_path / name
     sets = [
         *_overrides(root, batch),

@@ -12,6 +12,7 @@ import torch
 import yaml
 from PIL import Image
 
+import pamm
 from pamm.data import GenericDataset, NYUDv2, PascalContext, check_dataset
 from pamm.data.convert import ConvertOutputExistsError, convert_dataset
 from pamm.data.generic import encode_targets
@@ -93,7 +94,10 @@ def test_manifest_gives_the_label_space_with_defaults(two_task_root):
     assert manifest.images.folder == "images" and manifest.images.suffix == ".jpg"
     assert manifest.storage["depth"].encoding == "png16" and manifest.storage["depth"].scale == SCALE
     assert manifest.splits == {"train": "lists/train.txt", "val": "lists/val.txt"}
-    assert dataset_spec("generic", two_task_root) == spec
+    with pytest.raises(InputError, match="the generic dataset's label space is in the dataset.yaml of its folder"):
+        dataset_spec("generic")
+    cfg = pamm.load_config("generic-demo", {"data.root": str(two_task_root), "data.tasks": ["semseg", "depth"]})
+    assert cfg.data.spec == spec
     # the text the writers produce reads back to the same manifest, and the spec survives a JSON round trip
     again = parse_manifest(yaml.safe_load(manifest_yaml(manifest)), two_task_root)
     assert again == manifest

@@ -33,7 +33,7 @@ from pamm.engine.predictor import (
 )
 from pamm.errors import EXIT_INPUT, EXIT_RESOURCE, InputError, ResourceError, exit_code
 from pamm.inference import ImagePredictor, Prediction
-from pamm.models.pamm import ModelMeta
+from pamm.models.meta import ModelMeta
 from pamm.outputs import DEPTH_PNG_SCALE
 from pamm.predict_files import PredictionFailed, find_inputs, predict_files
 from pamm.tasks import DATASETS, postprocess

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pamm.models.pamm import ModelMeta
+from pamm.models.meta import ModelMeta
 from pamm.tasks import DATASETS
 from pamm.viz import (
     IGNORE_RGB,

@@ -304,7 +304,11 @@ class DataConfig:
     def spec(self) -> DatasetSpec:
         """The dataset's label space: a benchmark's :data:`~pamm.tasks.DATASETS` entry, or for ``generic`` the one
         of ``root/dataset.yaml`` (read, validated and cached; an InputError names the file and key)."""
-        return dataset_spec(self.dataset, self.root)
+        if self.dataset == GENERIC:
+            from .manifest import read_manifest
+
+            return read_manifest(self.root).spec
+        return dataset_spec(self.dataset)
 
     @property
     def task_list(self) -> list[str]:

@@ -105,7 +105,7 @@ class ImagePredictor:
 
     @property
     def meta(self):
-        """The model's :class:`~pamm.models.pamm.ModelMeta` (dataset, tasks, sizes, normalisation)."""
+        """The model's :class:`~pamm.models.meta.ModelMeta` (dataset, tasks, sizes, normalisation)."""
         return self.predictor.meta
 
     @property

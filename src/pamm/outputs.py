@@ -83,7 +83,7 @@ def encode_prediction(
         stem: name prefix of the files.
         prediction: task -> map at the image's size.
         image: the RGB uint8 (H, W, 3) input, for the panel.
-        meta: the model's :class:`~pamm.models.pamm.ModelMeta` (palettes, task order).
+        meta: the model's :class:`~pamm.models.meta.ModelMeta` (palettes, task order).
         panel: also the panel.
     """
     files = {}

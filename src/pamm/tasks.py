@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from os import PathLike
 
 from .errors import InputError
 
@@ -52,7 +51,7 @@ class DatasetSpec:
     """A dataset's label space: its tasks, output channels per task and the constants its losses and metrics use.
 
     The two benchmarks' specs are :data:`DATASETS`; a dataset folder described by a ``dataset.yaml`` manifest gets
-    its spec from :func:`pamm.manifest.read_manifest` (``dataset_spec("generic", root)``). A trained model keeps
+    its spec from :func:`pamm.manifest.read_manifest` (``read_manifest(root).spec``). A trained model keeps
     the spec it was trained with (``model.meta``, stored in its checkpoint: :meth:`to_dict`), so heads, metrics
     and palettes are rebuilt without the dataset folder.
 
@@ -206,21 +205,18 @@ DATASET_KINDS = (*DATASETS, GENERIC)
 """What ``data.dataset`` may name: a benchmark of :data:`DATASETS` or :data:`GENERIC`."""
 
 
-def dataset_spec(dataset: str | DatasetSpec, root: str | PathLike | None = None) -> DatasetSpec:
+def dataset_spec(dataset: str | DatasetSpec) -> DatasetSpec:
     """The :class:`DatasetSpec` of ``dataset``: a spec is returned as is; ``"nyud"`` / ``"pascal"`` give
-    :data:`DATASETS`' entries; ``"generic"`` reads the ``dataset.yaml`` manifest of the folder ``root``
-    (:func:`pamm.manifest.read_manifest`; errors name the file and key). Anything else is a ``ValueError`` listing
-    the known names."""
+    :data:`DATASETS`' entries. A ``generic`` dataset's spec is in its folder's ``dataset.yaml``
+    (:func:`pamm.manifest.read_manifest`, or :attr:`pamm.config.DataConfig.spec`). Anything else is an InputError
+    listing the known names."""
     if isinstance(dataset, DatasetSpec):
         return dataset
     if dataset == GENERIC:
-        if root is None:
-            raise InputError(
-                "the generic dataset is described by the dataset.yaml of its folder; give its root (data.root)"
-            )
-        from .manifest import read_manifest
-
-        return read_manifest(root).spec
+        raise InputError(
+            "the generic dataset's label space is in the dataset.yaml of its folder: "
+            "pamm.manifest.read_manifest(root).spec (data.root in a config)"
+        )
     try:
         return DATASETS[dataset]
     except (KeyError, TypeError):

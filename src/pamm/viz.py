@@ -97,7 +97,7 @@ def distinct_palette(n: int) -> np.ndarray:
 
 def label_space(meta: Any) -> DatasetSpec:
     """The label space that colours and names classes: ``meta`` is a dataset name, a
-    :class:`~pamm.tasks.DatasetSpec`, or a model's :class:`~pamm.models.pamm.ModelMeta` (its ``spec``; anything with a
+    :class:`~pamm.tasks.DatasetSpec`, or a model's :class:`~pamm.models.meta.ModelMeta` (its ``spec``; anything with a
     ``dataset`` name will do)."""
     if isinstance(meta, (str, DatasetSpec)):
         return dataset_spec(meta)
@@ -208,7 +208,7 @@ def colorize_maps(
 
     Args:
         maps: task -> map.
-        meta: the model's :class:`~pamm.models.pamm.ModelMeta`, or a dataset (name or
+        meta: the model's :class:`~pamm.models.meta.ModelMeta`, or a dataset (name or
             :class:`~pamm.tasks.DatasetSpec`): sets the palettes (:func:`label_space`).
         depth_limits: depth colour range in metres (default: the map's 1st-99th percentiles, :func:`depth_range`).
 
@@ -363,7 +363,7 @@ def make_panel(
         image: the input, RGB (H, W, 3) or (3, H, W): uint8, or float in [0, 1] (de-normalise model inputs first).
         predictions: task -> map in the formats of the module docstring, each (H, W) like the image.
         targets: optional ground truth, same formats (ignore values allowed); drawn as a second row.
-        meta: the model's :class:`~pamm.models.pamm.ModelMeta` (or anything with ``tasks`` and ``spec`` or
+        meta: the model's :class:`~pamm.models.meta.ModelMeta` (or anything with ``tasks`` and ``spec`` or
             ``dataset``), or a dataset (name or :class:`~pamm.tasks.DatasetSpec`); sets class names, palettes and the
             column order.
         tile_size: long side of each map in the panel, pixels. Maps are sampled (nearest neighbour) at that size

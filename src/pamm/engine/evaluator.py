@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..fs import atomic_write_bytes
 from ..metrics import build_meters
 from ..metrics.edges import default_edge_workers
-from ..models.pamm import ModelMeta
+from ..models.meta import ModelMeta
 from ..tasks import label_space_difference, postprocess
 from .distributed import DistInfo, all_reduce_arrays
 from .loading import next_batch, prepare_split, shutdown_workers, worker_init

@@ -42,7 +42,7 @@ from ..errors import InputError, ResourceError
 from ..tasks import postprocess
 
 if TYPE_CHECKING:
-    from ..models.pamm import ModelMeta
+    from ..models.meta import ModelMeta
 
 __all__ = [
     "DEFAULT_OVERLAP", "MODES", "Predictor", "resolve_device", "window_origins", "window_weights", "blend_windows",
@@ -222,7 +222,7 @@ class Predictor:
     Args:
         model: a :class:`~pamm.models.PAMM`, or any module mapping (b, 3, h, w) normalised images to
             {task: (b, K, h, w)} raw outputs; put in eval mode.
-        meta: its :class:`~pamm.models.pamm.ModelMeta` (``model.meta`` when None): tasks, sizes, stride,
+        meta: its :class:`~pamm.models.meta.ModelMeta` (``model.meta`` when None): tasks, sizes, stride,
             normalisation, evaluation transform.
         device: where the model runs (``None`` / ``"auto"``: CUDA when available); results come back on the CPU.
         mode: ``"whole"`` (one pass per image) or ``"slide"`` (training-size windows, blended).

@@ -3,8 +3,9 @@
 from .backbone import Backbone, BackboneWeightsError, HierarchicalBackbone, ViTBackbone, build_backbone
 from .experts import DualParameterExperts, ParameterExperts, TaskRouters, noisy_top_k
 from .heads import StageFusion, TaskHead
+from .meta import ModelMeta
 from .pame import PAMEStage, TaskPrior
-from .pamm import PAMM, ModelMeta, build_model
+from .pamm import PAMM, build_model
 from .shared import SharedStage
 
 __all__ = [

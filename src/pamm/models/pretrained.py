@@ -8,7 +8,7 @@ cards with a run's metrics, and the other model sources (weights files, run fold
 A **pretrained folder** (a local folder, or the files of a Hub model repository):
 
 - ``config.json``: ``{"format": "pamm-pretrained-1", "pamm_version", "model": the architecture
-  (:class:`~pamm.config.ModelConfig`), "meta": :class:`~pamm.models.pamm.ModelMeta` (dataset, tasks, head sizes,
+  (:class:`~pamm.config.ModelConfig`), "meta": :class:`~pamm.models.meta.ModelMeta` (dataset, tasks, head sizes,
   sizes, stride, normalisation), "weights": {"file": "model.safetensors", "bytes", "sha256"}, "experiment": the
   training config (optional)}``;
 - ``model.safetensors``: the state dict;
@@ -35,6 +35,7 @@ from .._version import __version__
 from ..config import ConfigError, RuntimeConfig, config_from_checkpoint, config_to_dict
 from ..errors import InputError, ResourceError
 from ..tasks import DatasetSpec
+from .meta import ModelMeta
 
 if TYPE_CHECKING:
     from .pamm import PAMM
@@ -110,17 +111,17 @@ def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _meta_dict(meta: Any) -> dict[str, Any]:
+def _meta_dict(meta: ModelMeta) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(meta)))
 
 
-def _meta_from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
+def _meta_from_dict(data: dict[str, Any], where: str) -> ModelMeta:
+    names = {f.name for f in dataclasses.fields(ModelMeta)}
     try:
         values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
         if values.get("label_space") is not None:  # a generic dataset's label space (pamm.tasks.DatasetSpec)
             values["label_space"] = DatasetSpec.from_dict(values["label_space"])
-        return cls(**values)
+        return ModelMeta(**values)
     except (TypeError, ValueError) as e:
         raise InputError(f'{where}: invalid "meta" entry ({e})') from None
 
@@ -430,9 +431,7 @@ class PretrainedMixin(
             model_cfg = config_from_checkpoint({"model": description.get("model") or {}}).model
         except ConfigError as e:
             raise InputError(f"{config_path}: {e}") from None
-        from .pamm import ModelMeta
-
-        meta = _meta_from_dict(ModelMeta, description.get("meta") or {}, str(config_path))
+        meta = _meta_from_dict(description.get("meta") or {}, str(config_path))
         weights = _fetch(model_id, record.get("file", WEIGHTS_FILE), hub)
         size = weights.stat().st_size
         if size != record["bytes"] or file_sha256(weights) != record["sha256"]:

@@ -17,8 +17,10 @@ NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 
 
 def stage_inputs(batch, d_inner, tasks, state, length, device, dtype=torch.float32, seed=0):
-    """The model's call: u, delta (b, T*d, L) views of (b, L, T*d) memory; B, C (b, T, N, L) views of (b, L, T, N)
-    memory; A = -exp(A_log) with S4D-real init; D ~ 1; delta_bias = softplus^-1 of dt ~ logU[1e-3, 0.1].
+    """The model's call: u, delta (b, T*d, L) views of (b, L, T*d) memory (channels-last feature maps); B, C
+    contiguous (b, T, N, L), as the model's expert maps produce them (before 2026-12-03 the suite used (b, L, T, N)
+    views, a layout the model never passes; the Triton wrapper now copies either to (b, L, T, N));
+    A = -exp(A_log) with S4D-real init; D ~ 1; delta_bias = softplus^-1 of dt ~ logU[1e-3, 0.1].
     Parameters (A, D, delta_bias) stay float32 for bf16 activations, as under autocast."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     ch = tasks * d_inner
@@ -28,8 +30,8 @@ def stage_inputs(batch, d_inner, tasks, state, length, device, dtype=torch.float
 
     u = randn(batch, length, ch).transpose(1, 2)
     delta = (randn(batch, length, ch) * 0.5).transpose(1, 2)
-    B = randn(batch, length, tasks, state).permute(0, 2, 3, 1)
-    C = randn(batch, length, tasks, state).permute(0, 2, 3, 1)
+    B = randn(batch, tasks, state, length)
+    C = randn(batch, tasks, state, length)
     A = -torch.arange(1, state + 1).repeat(ch, 1) * (1 + 0.1 * torch.rand(ch, state, generator=gen))
     dt = torch.exp(torch.rand(ch, generator=gen) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
     bias = dt + torch.log(-torch.expm1(-dt))  # inverse softplus

@@ -70,8 +70,9 @@ def make_inputs(
 
 
 def channels_last_views(inputs):
-    """The model's memory layout: u, delta views of (b, L, d) memory; B, C views of (b, L, g, N) memory (grouped
-    B, C) or (b, L, N) memory; fresh leaves with the same values."""
+    """Channels-last views: u, delta views of (b, L, d) memory (the model's layout); B, C views of (b, L, g, N)
+    memory (grouped B, C) or (b, L, N) memory (the layout the Triton kernels load from; the model's own B, C are
+    contiguous (b, g, N, L)); fresh leaves with the same values."""
     views = dict(inputs)
     for name in ("u", "delta"):
         views[name] = inputs[name].detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()

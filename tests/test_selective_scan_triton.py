@@ -132,6 +132,24 @@ else:
             grad, grad_wide = inputs[name].grad, wide[name].grad
             assert grad.dtype == inputs[name].dtype and torch.equal(grad, grad_wide.to(grad.dtype)), name
 
+    def test_triton_kernels_get_B_and_C_with_unit_stride_along_the_state():
+        """The model's B, C are contiguous (b, g, N, L) maps; the kernels load (tile, N) rows of them, so the wrapper
+        hands them over with unit stride along N (a copy, values unchanged); (b, L, g, N) views pass as they are."""
+        from pamm.ops.selective_scan_triton import _launch_args
+
+        inputs = make_inputs(b=2, d=8, N=4, L=10, groups=2, seed=21)
+        assert inputs["B"].is_contiguous() and inputs["B"].stride(2) != 1
+        args = _launch_args(*(inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "delta_bias")), None, 4, 8)
+        for name in ("B", "C"):
+            assert args[name + "g"].stride(2) == 1 and torch.equal(args[name + "g"], inputs[name])
+        view = channels_last_views(inputs)["B"]
+        assert (
+            _launch_args(*(inputs[k] for k in ("u", "delta", "A")), view, inputs["C"], None, None, None, 4, 8)[
+                "Bg"
+            ].data_ptr()
+            == view.data_ptr()
+        )
+
     def test_triton_backend_through_the_dispatcher():
         """backend="triton" runs this kernel with its default launch config."""
         inputs = make_inputs(b=1, d=4, N=4, L=7, seed=15)
@@ -148,5 +166,9 @@ else:
             selective_scan_triton(**inputs, config=dict(tile=3, chunk=6))
         with pytest.raises(ValueError, match="multiple of tile"):
             selective_scan_triton(**inputs, config=dict(tile=4, bwd_tile=8, chunk=12))
+        for bad in (16, 256):
+            with pytest.raises(ValueError, match="bwd_maxnreg must be 0 .* 24..255, got"):
+                selective_scan_triton(**inputs, config=dict(bwd_maxnreg=bad))
+        assert kernel_config(64, 2048)["bwd_maxnreg"] == 0  # capping the N = 64 backward spills (BENCHMARKS.md)
         cfg = kernel_config(16, 1536)
         assert cfg["chunk"] % cfg["tile"] == 0 and cfg["chunk"] % cfg["bwd_tile"] == 0

@@ -60,6 +60,8 @@ CONFIG_KEYS = (
     "bwd_ch_minor",
     "chunk",
     "fast_exp2",
+    "maxnreg",
+    "bwd_maxnreg",
 )
 
 
@@ -645,16 +647,21 @@ def kernel_config(state: int, chans_per_group: int) -> dict[str, int]:
     warps per program, ``ch_minor``: tile tensors laid out (tile, N, block_d) instead of (tile, block_d, N)), the
     same for the backward (``bwd_*``), ``chunk`` (steps between the states the forward saves; a multiple of both
     tiles) and ``fast_exp2`` (ex2.approx.ftz for float32 on NVIDIA GPUs). Tiles, blocks and warps are powers of two.
+    ``maxnreg`` / ``bwd_maxnreg`` cap the registers per thread (ptx .maxnreg; 0: the compiler's choice).
 
-    Chosen from offline sm_90 compiles (registers and SASS instructions per state update, benchmarks/scan_sass.py,
-    docs/kernel-notes.md): one warp per program with the channels on the lanes keeps the tile's time axis and most
-    of the state axis inside each thread, so the scan is a register recurrence and only the sums over channels (dB,
-    dC) cross lanes. Measured (BENCHMARKS.md): 2.9x / 1.8x faster than the authors' scan pattern with mamba-ssm at
-    the NYUD / PASCAL stage shapes on an H100; benchmarks/scan_suite.py --configs times alternatives."""
+    Layouts chosen from offline sm_90 compiles (registers and SASS instructions per state update,
+    benchmarks/scan_sass.py, docs/kernel-notes.md): one warp per program with the channels on the lanes keeps the
+    tile's time axis and most of the state axis inside each thread, so the scan is a register recurrence and only the
+    sums over channels (dB, dC) cross lanes. Register caps and the N <= 16 backward tile measured on an H200
+    (2026-12-03, BENCHMARKS.md): every kernel ran at 2 warps per scheduler (228-255 registers) and ncu found it
+    latency-bound; the forward capped at 168 registers (12 warps per SM, no spills at N = 16) ran 15 % / 6 % faster
+    (NYUD / PASCAL stage), the N <= 16 backward with 4-step tiles capped at 168 7.6 % faster; lower caps or capping
+    the N = 64 backward spill and lose. benchmarks/scan_suite.py --configs times alternatives."""
     if state <= 16:
         cfg = dict(
-            tile=8, block_d=16, num_warps=1, ch_minor=1, bwd_tile=8, bwd_block_d=8, bwd_num_warps=1, bwd_ch_minor=1
+            tile=8, block_d=16, num_warps=1, ch_minor=1, bwd_tile=4, bwd_block_d=8, bwd_num_warps=1, bwd_ch_minor=1
         )
+        cfg.update(bwd_maxnreg=168)
     elif state <= 32:
         cfg = dict(
             tile=8, block_d=8, num_warps=1, ch_minor=1, bwd_tile=4, bwd_block_d=8, bwd_num_warps=1, bwd_ch_minor=1
@@ -666,7 +673,8 @@ def kernel_config(state: int, chans_per_group: int) -> dict[str, int]:
     cap = max(2, triton.next_power_of_2(chans_per_group))
     cfg["block_d"] = min(cfg["block_d"], cap)
     cfg["bwd_block_d"] = min(cfg["bwd_block_d"], cap)
-    cfg.update(chunk=64, fast_exp2=1)
+    cfg.setdefault("bwd_maxnreg", 0)
+    cfg.update(chunk=64, fast_exp2=1, maxnreg=168)
     return cfg
 
 
@@ -677,11 +685,21 @@ def _check_config(cfg: dict[str, int]) -> None:
             raise ValueError(f"triton scan config {key} must be a power of two (tiles at least 2), got {value}")
     if cfg["chunk"] < 1 or cfg["chunk"] % cfg["tile"] or cfg["chunk"] % cfg["bwd_tile"]:
         raise ValueError(f"triton scan config chunk must be a multiple of tile and bwd_tile, got {cfg}")
+    for key in ("maxnreg", "bwd_maxnreg"):
+        if cfg[key] != 0 and not 24 <= cfg[key] <= 255:
+            raise ValueError(
+                f"triton scan config {key} must be 0 (no cap) or a register count in 24..255, got {cfg[key]}"
+            )
 
 
 def _fast_exp2(u: Tensor, cdt: torch.dtype, cfg: dict[str, int]) -> bool:
     """Whether the kernels use ex2.approx.ftz (inline PTX): float32 compute on an NVIDIA GPU, config fast_exp2."""
     return bool(cfg["fast_exp2"]) and cdt == torch.float32 and u.is_cuda and torch.version.hip is None
+
+
+def _reg_cap(maxnreg: int) -> dict[str, int]:
+    """Launch option capping registers per thread (ptx .maxnreg) on NVIDIA GPUs; 0: the compiler's choice."""
+    return dict(maxnreg=maxnreg) if maxnreg and torch.version.hip is None else {}
 
 
 _checked_orders: dict[int, tuple[weakref.ref, int]] = {}  # id -> (the tensor, its version when checked)
@@ -700,6 +718,16 @@ def _check_permutations(orders: Tensor) -> None:
     _checked_orders[key] = (weakref.ref(orders, lambda _, key=key: _checked_orders.pop(key, None)), orders._version)
 
 
+def _state_contiguous(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """(b, G, N, L) in ``dtype`` with unit stride along N: the kernels gather (tile, N) rows of B and C, one
+    vectorised load per row when N is contiguous, N scalar loads (and more registers) otherwise. The model computes
+    B and C as contiguous (b, G, N, L) maps; the copy into (b, L, G, N) memory is small (G * N values per position
+    against the 2 * d of u and delta) and fused with the cast of low-precision inputs."""
+    if x.stride(2) == 1 or x.shape[2] == 1:
+        return x.to(dtype)
+    return x.permute(0, 3, 1, 2).to(dtype=dtype, memory_format=torch.contiguous_format).permute(0, 2, 3, 1)
+
+
 def _launch_args(u, delta, A, B, C, D, delta_bias, orders, block_d, chunk):
     """Shared launch preparation: every input in the compute dtype, group layout, grid and strides.
 
@@ -712,7 +740,7 @@ def _launch_args(u, delta, A, B, C, D, delta_bias, orders, block_d, chunk):
     N = A.shape[1]
     cdt = compute_dtype(u)
     u, delta = u.to(cdt), delta.to(cdt)
-    Bg, Cg = grouped(B).to(cdt), grouped(C).to(cdt)
+    Bg, Cg = _state_contiguous(grouped(B), cdt), _state_contiguous(grouped(C), cdt)
     G = max(Bg.shape[1], Cg.shape[1])
     cpg = d // G
     A2 = (A.to(cdt) * math.log2(math.e)).contiguous()
@@ -798,6 +826,7 @@ class _TritonScan(torch.autograd.Function):
             FAST_EXP2=_fast_exp2(u, args["cdt"], cfg),
             num_warps=cfg["num_warps"],
             num_stages=1,
+            **_reg_cap(cfg["maxnreg"]),
         )
         if save:
             ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, orders, states)
@@ -864,6 +893,7 @@ class _TritonScan(torch.autograd.Function):
             TILE_BITS=cfg["bwd_tile"].bit_length() - 1,
             num_warps=cfg["bwd_num_warps"],
             num_stages=1,
+            **_reg_cap(cfg["bwd_maxnreg"]),
         )
         return (
             g_u.to(u.dtype),

@@ -241,7 +241,52 @@ def test_default_edge_workers(monkeypatch, cores, images, processes, expected):
     from pamm.metrics.edges import default_edge_workers
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    _run_as_module(monkeypatch)
     assert default_edge_workers(images, processes) == expected
+
+
+def _run_as_module(monkeypatch, script=None) -> None:
+    """Make this process look like ``python -m something`` or, with ``script`` (a file), ``python script``."""
+    import importlib.machinery
+    import sys
+    import types
+
+    main = types.ModuleType("__main__")
+    main.__file__ = str(script) if script else "/somewhere/pkg/__main__.py"
+    main.__spec__ = None if script else importlib.machinery.ModuleSpec("pkg.__main__", None)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+
+
+GUARDED_SCRIPT = '''"""Train."""
+import sys
+from pamm.cli import main
+DEFAULT: int = 3
+if __name__ == "__main__":
+    sys.exit(main())
+'''
+
+
+@pytest.mark.parametrize(
+    "source,pool",
+    [
+        (GUARDED_SCRIPT, True),  # the shape of the `pamm` console script: workers may import it again
+        ("import pamm\ntrainer = pamm.engine.Trainer(pamm.load_config('demo'), 'runs/x')\ntrainer.fit()\n", False),
+        ("import pamm\npamm.evaluate()\n", False),
+        ("this is not python", False),
+    ],
+)
+def test_automatic_edge_pool_only_where_spawned_workers_cannot_rerun_the_script(monkeypatch, tmp_path, source, pool):
+    """Spawned workers import the parent's __main__: a script that trains at its top level (no `if __name__ ==
+    "__main__":` guard) would run again in every worker, so only an explicit eval.edge_workers starts a pool there."""
+    import os
+
+    from pamm.metrics.edges import default_edge_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    script = tmp_path / "train.py"
+    script.write_text(source)
+    _run_as_module(monkeypatch, script)
+    assert default_edge_workers(6000) == (8 if pool else 0)
 
 
 def test_evaluation_resolves_automatic_edge_workers_per_process(monkeypatch):
@@ -251,6 +296,7 @@ def test_evaluation_resolves_automatic_edge_workers_per_process(monkeypatch):
     from pamm.engine.evaluator import edge_workers
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    _run_as_module(monkeypatch)
     cfg = pamm.load_config("pascal-vitl")
     assert cfg.eval.edge_workers == -1
     assert edge_workers(cfg, 5105) == 8

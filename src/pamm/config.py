@@ -402,7 +402,8 @@ class EvalConfig:
         batch_size: images per process and step (images are padded to one size).
         edge: compute the boundary metrics (SEISM odsF/oisF/AP; the slowest metric).
         edge_workers: processes for the boundary matching (0 = in the main process; -1 = automatic, see
-            :func:`pamm.metrics.edges.default_edge_workers`: a share of the free CPU cores for 16 images or more).
+            :func:`pamm.metrics.edges.default_edge_workers`: a share of the free CPU cores for 16 images or more,
+            none for a script that would run again in each spawned worker).
         sal_double_sigmoid: reproduce the inherited double-sigmoid maxF of the released code.
         single_task: reference single-task metrics for the multi-task gain Δm (task -> value of its main
             metric); empty disables Δm.

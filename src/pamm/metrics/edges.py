@@ -31,9 +31,11 @@ does not prune dead ends and takes minutes on some of these graphs.
 
 from __future__ import annotations
 
+import ast
 import math
 import multiprocessing
 import os
+import sys
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -585,13 +587,54 @@ def default_edge_workers(images: int, processes_on_this_machine: int = 1) -> int
 
     One per CPU core this process may use (its share of the cores available to it when ``processes_on_this_machine``
     processes evaluate at once, e.g. torchrun's ``LOCAL_WORLD_SIZE``), less one for the process itself, at most 8
-    and at most one per 8 images; 0 (score in this process) when that leaves fewer than 2. A 512 x 512 map of an
+    and at most one per 8 images; 0 (score in this process) when that leaves fewer than 2, or when the program is a
+    script that would run again in each spawned worker (see :func:`_workers_can_start`). A 512 x 512 map of an
     untrained model takes seconds to score (101 thresholds, each thinned and matched), so a PASCAL-Context val split
     (5,105 images) scored in one process takes hours; a pool's start (about a second per worker) pays off from a
     few images each."""
+    if not _workers_can_start():
+        return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = min(cores // max(processes_on_this_machine, 1) - 1, 8, images // 8)
     return workers if workers >= 2 else 0
+
+
+def _workers_can_start() -> bool:
+    """Whether spawned workers start without running a user's program again. A spawned worker imports the parent's
+    ``__main__``: harmless for ``python -m ...`` (``torchrun -m pamm``, pytest), interactive sessions and scripts
+    whose top level only imports and defines things and runs under ``if __name__ == "__main__":`` (the ``pamm``
+    console script is one); anything else (a script that trains at its top level) would run again in every worker."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or getattr(main, "__spec__", None) is not None or not path:
+        return True
+    try:
+        with open(path, "rb") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return False
+    return all(_inert(statement) for statement in tree.body)
+
+
+def _inert(statement: ast.stmt) -> bool:
+    """A top-level statement that does nothing but import, define or name things, or the ``__main__`` guard."""
+    if isinstance(statement, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return True
+    if isinstance(statement, ast.Expr):  # a docstring
+        return isinstance(statement.value, ast.Constant)
+    if isinstance(statement, (ast.Assign, ast.AnnAssign)):
+        return statement.value is None or not any(isinstance(n, ast.Call) for n in ast.walk(statement.value))
+    if isinstance(statement, ast.If):
+        test = statement.test
+        return (
+            isinstance(test, ast.Compare)
+            and isinstance(test.left, ast.Name)
+            and test.left.id == "__name__"
+            and len(test.comparators) == 1
+            and isinstance(test.comparators[0], ast.Constant)
+            and test.comparators[0].value == "__main__"
+        )
+    return False
 
 
 class EdgeMeter:

@@ -45,3 +45,12 @@ torch.set_num_threads(1)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+def wait_for_log_line(process, log, text: str, timeout: float = 300) -> None:
+    """Wait until the file ``log`` holds ``text``, ``process`` (a Popen) has ended, or ``timeout`` seconds passed."""
+    import time
+
+    deadline = time.time() + timeout
+    while process.poll() is None and time.time() < deadline and text not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.1)

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import wait_for_log_line
+
 HELPER = Path(__file__).parent / "helpers" / "train_and_dump.py"
 
 
@@ -198,7 +200,6 @@ def test_sigterm_to_torchrun_stops_every_process_at_the_same_step_with_a_checkpo
     both) and exit with 143 instead of hanging in mismatched collectives. About 30 s: two processes start and train a
     few steps."""
     import signal
-    import time
 
     from pamm.engine.checkpoint import load_state
 
@@ -213,13 +214,7 @@ def test_sigterm_to_torchrun_stops_every_process_at_the_same_step_with_a_checkpo
         text=True,
     )
     log = out / "train.log"
-    deadline = time.time() + 300
-    while (
-        launcher.poll() is None
-        and time.time() < deadline
-        and "step 2/40" not in (log.read_text() if log.exists() else "")
-    ):
-        time.sleep(0.2)
+    wait_for_log_line(launcher, log, "step 2/40")
     launcher.send_signal(signal.SIGTERM)
     _, stderr = launcher.communicate(timeout=120)
     text = log.read_text()

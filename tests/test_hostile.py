@@ -18,7 +18,6 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,8 @@ from PIL import Image
 
 from pamm import errors
 from pamm.cli import main
+
+from conftest import wait_for_log_line
 
 # ----------------------------------------------------------------------------------------------------------
 # helpers
@@ -717,13 +718,7 @@ def test_signal_writes_a_checkpoint_and_prints_the_resume_command(dataset, tmp_p
         text=True,
     )
     log = out / "train.log"
-    deadline = time.time() + 300
-    while (
-        victim.poll() is None
-        and time.time() < deadline
-        and "step 2/40" not in (log.read_text() if log.exists() else "")
-    ):
-        time.sleep(0.1)
+    wait_for_log_line(victim, log, "step 2/40")
     victim.send_signal(signum)
     stdout, stderr = victim.communicate(timeout=120)
     assert victim.returncode == (130 if signum == signal.SIGINT else 143), stderr

@@ -418,7 +418,7 @@ class Trainer:
         model = build_model(cfg, load_backbone_weights=not self.resume, spec=spec)
         # the weights above are identical on every process; from here on each process draws its own router
         # noise and drop-path masks
-        torch.manual_seed(cfg.train.seed + 1_000_003 * self.dist.rank)
+        torch.manual_seed(self._process_seed())
         model.to(self.device)
         if self.device.type == "cuda" and cfg.runtime.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -489,7 +489,7 @@ class Trainer:
             rng = state["rng"][self.dist.rank]
             _set_rng_state(dict(rng, numpy=_plain_to_numpy_state(rng["numpy"])))
         else:  # a process the saved run did not have: its own stream, not a copy of another process's
-            torch.manual_seed(self.cfg.train.seed + 1_000_003 * self.dist.rank + self.step)
+            torch.manual_seed(self._process_seed() + self.step)
         self._note_world_change(len(state["rng"]), state.get("batch_size"))
         self.nonfinite = int(state["nonfinite"])
         self.best_score = float(state["best_score"])
@@ -498,6 +498,10 @@ class Trainer:
         self._pending_eval = bool(state.get("pending_eval", False))
         iterations = self.cfg.train.iterations
         self.log(f"resumed from {weights.name} at step {self.step} (train.iterations {iterations})")
+
+    def _process_seed(self) -> int:
+        """The seed of this process's own random stream (router noise, drop-path masks)."""
+        return self.cfg.train.seed + 1_000_003 * self.dist.rank
 
     def _note_world_change(self, saved_world: int, saved_batch: int | None) -> None:
         """Resuming with another number of processes: say what happens to the global batch (the data order depends
@@ -555,8 +559,7 @@ class Trainer:
             "reference": json.dumps(self.reference) if self.reference else "",
             "metrics": json.dumps(self.last_metrics) if self.last_metrics else "",
             "pending_eval": pending_eval,
-            "world_size": self.dist.world_size,
-            "batch_size": self.cfg.train.batch_size,
+            "batch_size": self.cfg.train.batch_size,  # per process; the processes are len(rng)
         }
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()

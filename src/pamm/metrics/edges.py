@@ -592,11 +592,9 @@ def default_edge_workers(images: int, processes_on_this_machine: int = 1) -> int
     untrained model takes seconds to score (101 thresholds, each thinned and matched), so a PASCAL-Context val split
     (5,105 images) scored in one process takes hours; a pool's start (about a second per worker) pays off from a
     few images each."""
-    if not _workers_can_start():
-        return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = min(cores // max(processes_on_this_machine, 1) - 1, 8, images // 8)
-    return workers if workers >= 2 else 0
+    return workers if workers >= 2 and _workers_can_start() else 0
 
 
 def _workers_can_start() -> bool:
